@@ -1,0 +1,48 @@
+# Omega VLM service. `make run` and `make test` set everything up on a fresh Debian/Ubuntu machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# on a machine without a GPU to avoid downloading the CUDA build.
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.omega-installed
+
+.PHONY: setup run test lint typecheck unit bench demo-model clean system-deps
+
+# Python venv support and redis-server are the only system packages needed.
+system-deps:
+	@scripts/system-deps.sh
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned, so nothing later pulls a different (CUDA) build.
+	$(PY) -m pip install "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -e ".[worker,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	exec $(PY) -m omega_vlm.cli up
+
+demo-model: setup
+	$(PY) -m omega_vlm.cli make-demo-model
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+unit: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .omega .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""The Litestar application: controllers, the error handler, docs behind the API key.
+
+This module (and everything the API imports) must not import torch: the API image has none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from api.auth import require_api_key
+from api.controllers.chat import ChatController
+from api.controllers.generate import GenerateController
+from api.controllers.health import HealthController
+from api.controllers.models import ModelsController
+from api.controllers.templates import TemplateController
+from api.errors import exception_handler
+from api.services import services_lifespan
+from shared.settings import Settings
+
+
+@asynccontextmanager
+async def _warm_template_renderer(app: Litestar) -> AsyncIterator[None]:
+    # transformers' template module takes ~1 s to import; pay it at start, not in a request.
+    import transformers.utils.chat_template_utils  # noqa: F401
+
+    yield
+
+
+def _openapi(settings: Settings) -> OpenAPIConfig:
+    guards = [require_api_key] if settings.auth_enabled else []
+    return OpenAPIConfig(
+        # The seeds' Swagger title.
+        title=f"{settings.model_name} - Docomentsio",
+        version="0.1.0",
+        description="OpenAI-compatible vision-language model service (queue-backed).",
+        path="/",
+        render_plugins=[
+            SwaggerRenderPlugin(path="/docs"),
+            RedocRenderPlugin(path="/redoc"),
+            JsonRenderPlugin(path="/openapi.json"),
+        ],
+        openapi_router=Router(path="/", guards=guards, route_handlers=[], include_in_schema=False),
+        components=Components(security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer")}),
+        security=[{"BearerAuth": []}] if settings.auth_enabled else None,
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    return Litestar(
+        route_handlers=[ChatController, GenerateController, TemplateController, ModelsController,
+                        HealthController],
+        exception_handlers={Exception: exception_handler},
+        lifespan=[services_lifespan, _warm_template_renderer],
+        state=State({"settings": settings, "started_at": time.time()}),
+        openapi_config=_openapi(settings),
+        request_max_body_size=settings.max_request_bytes,
+        debug=False,  # never put tracebacks in responses, even with DEBUG=1 (they go to the log)
+    )

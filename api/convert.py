@@ -1,0 +1,132 @@
+"""A validated request becomes a job: the model contract, refusals, parameters, messages.
+
+The schema (api.protocol) has already checked types and ranges; this adds the rules that need
+the settings (model names, the max_tokens clamp, defaults) and the ones OpenAI states in prose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from api.image_intake import ImageRef
+from api.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    GenerateParameters,
+    ImageContent,
+    ImageURL,
+    ImageURLContent,
+    TextContent,
+)
+from shared.contract import ImagePart, Message, Part, SamplingParams, TextPart
+from shared.errors import InvalidRequest, ModelNotFound
+from shared.settings import Settings
+
+
+def check_model(requested: str | None, settings: Settings) -> str:
+    """The seeds' model-name contract: omitted means MODEL_NAME; otherwise it must match."""
+    if requested is None or requested == "":
+        return settings.model_name
+    if requested not in settings.served_model_names:
+        raise ModelNotFound(f"The model `{requested}` does not exist; this server serves "
+                            f"`{settings.model_name}`", param="model")
+    return requested
+
+
+def refuse_unsupported(req: ChatCompletionRequest) -> None:
+    if req.n is not None and req.n != 1:
+        raise InvalidRequest("only n=1 is supported", param="n")
+    if req.stream:
+        raise InvalidRequest("stream=true is not supported yet; send stream=false", param="stream")
+    if req.logprobs or req.top_logprobs:
+        raise InvalidRequest("logprobs are not supported", param="logprobs")
+    if req.tools:
+        raise InvalidRequest("tools are not supported", param="tools")
+    if req.response_format is not None and req.response_format.type != "text":
+        raise InvalidRequest("only response_format type 'text' is supported", param="response_format")
+
+
+def _stops(stop: str | list[str] | None, param: str = "stop") -> tuple[str, ...]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(s == "" for s in stops):
+        raise InvalidRequest("stop strings must not be empty", param=param)
+    return tuple(dict.fromkeys(stops))
+
+
+def _max_new(requested: int | None, min_new: int | None, settings: Settings, param: str) -> tuple[int, int]:
+    """(max_new_tokens, min_new_tokens): requests are clamped to the server's default, as the
+    seeds say; a min above the resulting max is refused rather than silently changed."""
+    cap = settings.max_new_tokens_default
+    max_new = min(requested or cap, cap)
+    minimum = 1 if min_new is None else min_new
+    if min_new is not None and min_new > max_new:
+        raise InvalidRequest(f"min_tokens ({min_new}) exceeds the number of new tokens allowed ({max_new})",
+                             param=param)
+    return max_new, min(minimum, max_new)
+
+
+def chat_params(req: ChatCompletionRequest, settings: Settings) -> SamplingParams:
+    max_new, min_new = _max_new(req.max_completion_tokens or req.max_tokens, req.min_tokens, settings,
+                                "min_tokens")
+    # temperature 0 means greedy (OpenAI); otherwise DO_SAMPLE_DEFAULT decides.
+    do_sample = req.temperature > 0 if req.temperature is not None else settings.do_sample_default
+    top_k = req.top_k if req.top_k is not None else settings.top_k_default
+    return SamplingParams(
+        max_new_tokens=max_new, min_new_tokens=min_new, do_sample=do_sample,
+        temperature=req.temperature if req.temperature is not None else settings.temperature_default,
+        top_p=req.top_p if req.top_p is not None else settings.top_p_default,
+        top_k=max(top_k, 0),
+        repetition_penalty=req.repetition_penalty or settings.repetition_penalty_default,
+        presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+        length_penalty=req.length_penalty if req.length_penalty is not None else 1.0,
+        seed=req.seed if req.seed is not None else settings.seed_default,
+        stop=_stops(req.stop),
+    )
+
+
+def generate_params(params: GenerateParameters | None, settings: Settings) -> SamplingParams:
+    """TGI semantics: greedy unless `do_sample` is true."""
+    p = params or GenerateParameters()
+    max_new, min_new = _max_new(p.max_new_tokens, p.min_new_tokens, settings, "parameters.min_new_tokens")
+    top_k = p.top_k if p.top_k is not None else settings.top_k_default
+    return SamplingParams(
+        max_new_tokens=max_new, min_new_tokens=min_new, do_sample=bool(p.do_sample),
+        temperature=p.temperature if p.temperature is not None else settings.temperature_default,
+        top_p=p.top_p if p.top_p is not None else settings.top_p_default,
+        top_k=max(top_k, 0),
+        repetition_penalty=p.repetition_penalty or settings.repetition_penalty_default,
+        seed=p.seed if p.seed is not None else settings.seed_default,
+        stop=_stops(p.stop, "parameters.stop"),
+    )
+
+
+def image_refs(messages: Sequence[ChatMessage]) -> list[ImageRef]:
+    """Every image in the request, in order, with its place for error messages."""
+    refs = []
+    for i, message in enumerate(messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            where = f"messages[{i}].content[{j}]"
+            if isinstance(part, ImageContent):
+                refs.append(ImageRef(part.image, f"{where}.image"))
+            elif isinstance(part, ImageURLContent):
+                url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+                refs.append(ImageRef(url, f"{where}.image_url"))
+    return refs
+
+
+def job_messages(messages: Sequence[ChatMessage], digests: Sequence[str]) -> tuple[Message, ...]:
+    """The job's messages: images replaced, in order, by the digests of their stored blobs."""
+    pending = iter(digests)
+    out = []
+    for message in messages:
+        role = "system" if message.role == "developer" else message.role
+        parts: list[Part] = []
+        if isinstance(message.content, str) or message.content is None:
+            parts.append(TextPart(message.content or ""))
+        else:
+            for part in message.content:
+                parts.append(TextPart(part.text) if isinstance(part, TextContent) else ImagePart(next(pending)))
+        out.append(Message(role, tuple(parts)))  # type: ignore[arg-type]
+    return tuple(out)

@@ -1,0 +1,65 @@
+"""The one place exceptions become responses: OpenAI's error shape, never a traceback.
+
+`{"error": {"message", "type", "param", "code"}}` for everything a client can cause (validation,
+auth, size, routing) and for service-side trouble (Redis or blob store down: 503 + Retry-After).
+Unexpected exceptions are logged with their traceback and answered with a generic 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.errors import (
+    InternalError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceError,
+    ServiceUnavailable,
+    error_from_fields,
+)
+
+log = logging.getLogger("omega.api.errors")
+
+def _validation_error(exc: ValidationException) -> ServiceError:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    if not problems:
+        return InvalidRequest(str(exc.detail) or "invalid request")
+    first = problems[0] if isinstance(problems[0], dict) else {}
+    key = str(first.get("key") or "")
+    message = str(first.get("message") or "invalid value")
+    if key in ("", "data"):
+        # Litestar's message for a missing body is just "'data'".
+        return InvalidRequest("the request body must be a JSON object" if message.startswith("'") else
+                              f"invalid request body: {message}", param=None)
+    return InvalidRequest(f"{key}: {message}", param=key)
+
+
+def to_service_error(exc: Exception) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, ValidationException):
+        return _validation_error(exc)
+    if isinstance(exc, HTTPException):
+        if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+            return PayloadTooLarge("the request body is larger than MAX_REQUEST_BYTES")
+        if exc.status_code == 400:
+            return InvalidRequest(f"invalid request: {exc.detail}")
+        return error_from_fields(exc.status_code, str(exc.detail), None, None)
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return ServiceUnavailable("the job queue is unavailable; retry shortly", code="queue_unavailable")
+    return InternalError("internal server error")
+
+
+def exception_handler(request: Request, exc: Exception) -> Response[dict[str, dict[str, str | None]]]:
+    error = to_service_error(exc)
+    if error.status_code >= 500 and not isinstance(exc, ServiceError):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return Response(error.body(), status_code=error.status_code, headers=error.headers,
+                    media_type=MediaType.JSON)

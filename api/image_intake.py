@@ -1,0 +1,88 @@
+"""Image intake: data: or http(s) URL -> checked bytes -> content-addressed blob.
+
+Everything cheap is checked for every image before anything is fetched (count, scheme, remote
+images allowed); then images are fetched concurrently, their headers probed with Pillow (format
+allow-list, pixel cap) and stored once under their sha256. Workers decode; the API never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio.to_thread
+
+from api.remote_fetch import RemoteImageFetcher
+from shared.blobstore import BlobStore, put_image
+from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.images import probe_image
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    source: str  # a data: URL or an http(s) URL
+    param: str  # where it sits in the request, for the error's `param`
+
+
+def decode_data_url(ref: ImageRef, max_bytes: int) -> bytes:
+    header, sep, payload = ref.source.partition(",")
+    if not sep or not header.lower().startswith("data:"):
+        raise InvalidRequest("malformed data URL", param=ref.param, code="invalid_image_url")
+    if not header.lower().endswith(";base64"):
+        raise InvalidRequest("image data URLs must be base64-encoded (data:image/...;base64,...)",
+                             param=ref.param, code="invalid_image_url")
+    if len(payload) // 4 * 3 > max_bytes + 2:
+        raise PayloadTooLarge(f"the image is larger than MAX_IMAGE_BYTES={max_bytes}", param=ref.param)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("the image data URL is not valid base64", param=ref.param,
+                             code="invalid_base64") from None
+
+
+class ImageIntake:
+    def __init__(self, settings: Settings, store: BlobStore, fetcher: RemoteImageFetcher) -> None:
+        self.settings = settings
+        self.store = store
+        self.fetcher = fetcher
+
+    def check_refs(self, refs: Sequence[ImageRef]) -> None:
+        """Everything that can be refused without network or disk, for all images first."""
+        limit = self.settings.max_images_per_request
+        if len(refs) > limit:
+            raise InvalidRequest(f"{len(refs)} images in the request; at most {limit} are allowed "
+                                 "(MAX_IMAGES_PER_REQUEST)", param="messages", code="too_many_images")
+        for ref in refs:
+            scheme = ref.source.split(":", 1)[0].lower() if ":" in ref.source else ""
+            if scheme == "data":
+                continue
+            if scheme not in ("http", "https"):
+                raise InvalidRequest("images must be data: URLs or http(s) URLs", param=ref.param,
+                                     code="invalid_image_url")
+            if not self.settings.allow_remote_images:
+                raise InvalidRequest("remote image URLs are disabled on this server (ALLOW_REMOTE_IMAGES=0); "
+                                     "send the image as a base64 data: URL", param=ref.param,
+                                     code="remote_images_disabled")
+
+    async def store_all(self, refs: Sequence[ImageRef]) -> list[str]:
+        """Digests of the stored images, in request order."""
+        self.check_refs(refs)
+        return list(await asyncio.gather(*(self._one(ref) for ref in refs)))
+
+    async def _one(self, ref: ImageRef) -> str:
+        if ref.source[:5].lower() == "data:":
+            data = decode_data_url(ref, self.settings.max_image_bytes)
+        else:
+            data = await self.fetcher.fetch(ref.source, ref.param)
+        if len(data) > self.settings.max_image_bytes:
+            raise PayloadTooLarge(f"the image is larger than MAX_IMAGE_BYTES={self.settings.max_image_bytes}",
+                                  param=ref.param)
+        return await anyio.to_thread.run_sync(self._check_and_store, data, ref.param)
+
+    def _check_and_store(self, data: bytes, param: str) -> str:
+        probe_image(data, max_pixels=self.settings.max_image_pixels, param=param)
+        return put_image(self.store, data)

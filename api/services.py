@@ -1,0 +1,67 @@
+"""Long-lived connections and helpers of one API process, opened in the app's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from litestar import Litestar
+from litestar.datastructures import State
+from redis import Redis as SyncRedis
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from api.dispatch import Dispatcher
+from api.fleet_view import FleetView
+from api.image_intake import ImageIntake
+from api.remote_fetch import RemoteImageFetcher
+from shared.blobstore import BlobStore, create_blob_store
+from shared.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    blob_store: BlobStore
+    fleet: FleetView
+    intake: ImageIntake
+    dispatcher: Dispatcher
+
+
+def _redis(settings: Settings, *, blocking: bool) -> Redis:
+    # Every command has a deadline, so a dead Redis becomes a quick 503, never a hang. Blocking
+    # reads (XREAD BLOCK) get their own pool and rely on asyncio.wait_for for their deadline.
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=4096 if blocking else 256, timeout=5,
+        socket_connect_timeout=2, socket_timeout=None if blocking else 5,
+    )
+    return Redis(connection_pool=pool)
+
+
+@asynccontextmanager
+async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    redis = _redis(settings, blocking=False)
+    blocking = _redis(settings, blocking=True)
+    sync_redis = SyncRedis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    fetcher = RemoteImageFetcher(settings)
+    store = create_blob_store(settings)
+    fleet = FleetView(redis, settings)
+    app.state.services = Services(
+        settings=settings, redis=redis, blob_store=store, fleet=fleet,
+        intake=ImageIntake(settings, store, fetcher),
+        dispatcher=Dispatcher(settings, redis, blocking, sync_redis, fleet),
+    )
+    try:
+        yield
+    finally:
+        await fetcher.close()
+        await redis.aclose()
+        await blocking.aclose()
+        sync_redis.close()
+
+
+def get_services(state: State) -> Services:
+    services: Services = state.services
+    return services

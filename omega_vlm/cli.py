@@ -1,0 +1,163 @@
+"""`omega-vlm`: up | api | worker | make-demo-model.
+
+Every subcommand accepts every settings flag (see `omega-vlm up --help`); flags beat environment
+variables, which beat the built-in defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from omega_vlm.supervisor import Child, Supervisor, child_env, python_argv
+from shared.logs import configure_logging
+from shared.settings import Settings
+from shared.settings_sources import SettingsError, build_parser, load_settings, settings_to_env
+
+log = logging.getLogger("omega.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    settings_flags = build_parser()
+    parser = argparse.ArgumentParser(prog="omega-vlm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", parents=[settings_flags], help="Redis (if needed), the API and one worker per device")
+    sub.add_parser("api", parents=[settings_flags], help="the HTTP API only")
+    worker = sub.add_parser("worker", parents=[settings_flags], help="worker process(es) only")
+    worker.add_argument("--device", help="run one worker on this device (cpu, cuda:0, ...); "
+                        "default: one process per selected device")
+    worker.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    worker.add_argument("--cpu-threads", type=int, default=None, help=argparse.SUPPRESS)
+    demo = sub.add_parser("make-demo-model", parents=[settings_flags], help="generate the tiny demo model")
+    demo.add_argument("--out", type=Path, default=None, help="folder (default: DATA_DIR/demo-model)")
+    demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    return parser
+
+
+def _demo_model(settings: Settings, out: Path | None, force: bool) -> int:
+    from workers.demo_model import build_demo_model, ensure_demo_model
+
+    target = out or settings.demo_model_dir
+    path = build_demo_model(target) if force else ensure_demo_model(target)
+    print(f"demo model ready at {path} (random weights: its output is meaningless)")
+    return 0
+
+
+def _worker_children(settings: Settings) -> list[Child]:
+    from omega_vlm.devices import select_devices
+
+    devices = select_devices(settings)
+    cpu_count = sum(1 for d in devices if d == "cpu")
+    threads = max(1, (os.cpu_count() or 1) // max(1, cpu_count))
+    children = []
+    for index, device in enumerate(devices):
+        args = ["worker", "--device", device, "--worker-index", str(index)]
+        if device == "cpu":
+            args += ["--cpu-threads", str(threads)]
+        children.append(Child(name=f"worker {device}#{index}", argv=python_argv(*args), stop_stage=1))
+    return children
+
+
+def _ensure_demo(settings: Settings) -> None:
+    if settings.uses_demo_model:
+        from workers.demo_model import ensure_demo_model
+
+        ensure_demo_model(settings.demo_model_dir)
+
+
+def _announce_when_ready(settings: Settings, stop: threading.Event) -> None:
+    """The seeds' readiness line, once the API answers /readyz (or a worker failed to start)."""
+    import httpx
+
+    host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    health = f"http://{host}:{settings.port}/health"
+    while not stop.wait(0.5):
+        try:
+            report = httpx.get(health, timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        if report.get("ready"):
+            print(f"[server] Ready. Health: {health}", flush=True)
+            if report.get("demo_model"):
+                print("[server] Serving the generated demo model: its output is meaningless. "
+                      "Set MODEL_PATH to a model folder for real answers.", flush=True)
+            return
+        if report.get("startup_error"):
+            print(f"[server] Not ready (degraded). Health: {health} Error: {report['startup_error']}", flush=True)
+            return
+
+
+def _up(settings: Settings) -> int:
+    from omega_vlm import redis_server
+
+    children: list[Child] = []
+    if not redis_server.reachable(settings.redis_url):
+        argv, url = redis_server.private_redis_plan(settings.redis_url, settings.data_path)
+        children.append(Child(name="redis-server", argv=argv, essential=True, stop_stage=2))
+        settings = msgspec.structs.replace(settings, redis_url=url)
+        log.info("REDIS_URL does not answer: starting a private redis-server at %s", url)
+    _ensure_demo(settings)
+    children += _worker_children(settings)
+    children.append(Child(name="api", argv=python_argv("api"), essential=True, stop_stage=0))
+    supervisor = Supervisor(children, child_env(settings_to_env(settings)))
+    if children[0].name == "redis-server":
+        supervisor.start(children[0])  # workers and API need it answering first
+        redis_server.wait_until_reachable(settings.redis_url)
+    announced = threading.Event()
+    threading.Thread(target=_announce_when_ready, args=(settings, announced), daemon=True).start()
+    try:
+        return supervisor.run()
+    finally:
+        announced.set()
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    if args.device:
+        import torch
+
+        from workers.main import run_worker
+
+        return run_worker(settings, torch.device(args.device), args.worker_index, args.cpu_threads)
+    _ensure_demo(settings)
+    return Supervisor(_worker_children(settings), child_env(settings_to_env(settings))).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        print(f"omega-vlm: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "api":
+        from api.server import run_api
+
+        return run_api(settings)
+    if args.command == "worker":
+        return _worker(settings, args)
+    configure_logging(settings, args.command)
+    try:
+        if args.command == "make-demo-model":
+            return _demo_model(settings, args.out, args.force)
+        if args.command == "up":
+            started = time.monotonic()
+            code = _up(settings)
+            log.info("stopped after %.0f s", time.monotonic() - started)
+            return code
+    except (SettingsError, RuntimeError) as exc:
+        print(f"omega-vlm: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""`omega-vlm up` uses REDIS_URL when it answers, else starts a private redis-server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+
+
+class RedisUnavailable(RuntimeError):
+    pass
+
+
+def reachable(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        client = Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (RedisError, OSError, ValueError):
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def redis_binary() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise RedisUnavailable(
+            "REDIS_URL is not reachable and redis-server is not installed: install it with "
+            "`sudo apt-get install -y redis-server` (Debian/Ubuntu), or point REDIS_URL at a running Redis"
+        )
+    return path
+
+
+def private_redis_plan(url: str, data_dir: Path) -> tuple[list[str], str]:
+    """(argv, url) of a private redis-server for a local REDIS_URL that does not answer."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or (parts.hostname or "") not in LOCAL_HOSTS:
+        raise RedisUnavailable(f"REDIS_URL ({parts.scheme}://{parts.hostname}:{parts.port}) is not reachable")
+    port = parts.port or 6379
+    if not port_free(port):
+        port = free_port()
+    directory = data_dir / "redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    # Append-only persistence: jobs accepted before a restart are still there after it.
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
+            "--appendonly", "yes", "--save", "", "--protected-mode", "yes", "--loglevel", "warning"]
+    db = parts.path.lstrip("/") or "0"
+    return argv, f"redis://127.0.0.1:{port}/{db}"
+
+
+def wait_until_reachable(url: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if reachable(url, 0.5):
+            return
+        time.sleep(0.1)
+    raise RedisUnavailable(f"the private redis-server did not start within {timeout_s:g} s")

@@ -1,0 +1,130 @@
+"""Start, watch and stop the processes of `omega-vlm up` (and of a multi-device `worker`).
+
+Children run in their own session (Ctrl-C reaches only the supervisor, which stops each child
+once, cleanly) and get SIGTERM if the supervisor itself dies. A worker that exits is restarted
+with backoff; if the API exits, everything stops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+log = logging.getLogger("omega.up")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the supervisor dies (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    essential: bool = False  # when it exits, everything stops (the API, the private Redis)
+    restart: bool = True
+    stop_stage: int = 1  # stopped in ascending stages: 0 the API, 1 workers, 2 the private Redis
+    process: subprocess.Popen[bytes] | None = None
+    failures: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], env: dict[str, str], grace_s: float = 30.0) -> None:
+        self.children = children
+        self.env = env
+        self.grace_s = grace_s
+        self.stopping = threading.Event()
+        self.exit_code = 0
+
+    def start(self, child: Child) -> None:
+        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True,
+                                         preexec_fn=_die_with_parent)  # noqa: PLW1509
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stopping.set()
+
+    def _check(self, child: Child) -> None:
+        process = child.process
+        if process is None:
+            if time.monotonic() >= child.next_start:
+                self.start(child)
+            return
+        code = process.poll()
+        if code is None:
+            if time.monotonic() - child.started_at > 60:
+                child.failures = 0  # it has been healthy for a while
+            return
+        child.process = None
+        if child.essential or not child.restart:
+            log.error("%s exited with code %s; stopping everything", child.name, code)
+            self.exit_code = code or 1
+            self.stopping.set()
+            return
+        child.failures += 1
+        delay = min(30.0, 0.5 * 2 ** (child.failures - 1))
+        child.next_start = time.monotonic() + delay
+        log.warning("%s exited with code %s; restarting in %.1f s", child.name, code, delay)
+
+    def run(self, on_tick: Callable[[], None] | None = None) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for child in self.children:
+            if child.process is None:  # some may have been started already (the private Redis)
+                self.start(child)
+        try:
+            while not self.stopping.wait(0.25):
+                for child in self.children:
+                    self._check(child)
+                if on_tick is not None:
+                    on_tick()
+        finally:
+            self.stop_all()
+        return self.exit_code
+
+    def stop_all(self) -> None:
+        """SIGTERM by stage, all of a stage at once (workers finish their batches in parallel)."""
+        for stage in sorted({c.stop_stage for c in self.children}):
+            members = [c for c in self.children if c.stop_stage == stage and c.process is not None]
+            for child in members:
+                if child.process is not None and child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_s
+            for child in members:
+                assert child.process is not None
+                try:
+                    child.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop within %.0f s; killing it", child.name, self.grace_s)
+                    child.process.kill()
+                    child.process.wait()
+
+
+def python_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "omega_vlm.cli", *args]
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env

@@ -1,0 +1,67 @@
+"""Blob storage for image bytes (and, later, batch files).
+
+Two implementations behind one protocol: a local directory (the embedded default) and any
+S3-compatible store through boto3. Images are content-addressed (`image_key(sha256)`), so the
+same image is stored once however many requests send it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO, Protocol
+
+from shared.errors import NotFound, ServiceUnavailable
+from shared.settings import Settings
+
+
+class BlobNotFound(NotFound):
+    """A key that is not (or no longer) in the store."""
+
+
+class BlobStoreUnavailable(ServiceUnavailable):
+    """The store cannot be reached; clients get a 503 and may retry."""
+
+
+class BlobStore(Protocol):
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def put_stream(self, key: str, stream: BinaryIO) -> None: ...
+
+    def open_stream(self, key: str) -> BinaryIO: ...
+
+    def check(self) -> None:
+        """Raise BlobStoreUnavailable when the store is not usable (readiness)."""
+
+
+def image_key(digest: str) -> str:
+    return f"images/{digest[:2]}/{digest}"
+
+
+def put_image(store: BlobStore, data: bytes) -> str:
+    """Store image bytes once under their sha256; returns the digest (the job's blob reference)."""
+    digest = hashlib.sha256(data).hexdigest()
+    key = image_key(digest)
+    if not store.exists(key):
+        store.put_bytes(key, data)
+    return digest
+
+
+def get_image(store: BlobStore, digest: str) -> bytes:
+    return store.get_bytes(image_key(digest))
+
+
+def create_blob_store(settings: Settings) -> BlobStore:
+    """The store the settings name: S3 when configured, else a local directory."""
+    if settings.blob_store_kind == "s3":
+        from shared.blob_s3 import S3BlobStore
+
+        return S3BlobStore.from_settings(settings)
+    from shared.blob_local import LocalBlobStore
+
+    return LocalBlobStore(settings.local_blob_dir)

@@ -1,0 +1,126 @@
+"""The contract between the API and the workers: what a job carries and what comes back.
+
+Jobs hold image *references* (content-addressed blob keys), never pixels, and travel as msgpack
+(see `shared.serializer`), never pickle. Unknown fields are ignored on decode so that API and
+worker images can roll out separately.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class TextPart(msgspec.Struct, tag="text", tag_field="type", frozen=True):
+    text: str
+
+
+class ImagePart(msgspec.Struct, tag="image", tag_field="type", frozen=True):
+    blob: str  # sha256 hex of the image bytes in the blob store
+
+
+Part = TextPart | ImagePart
+
+
+class Message(msgspec.Struct, frozen=True):
+    role: Literal["system", "user", "assistant"]
+    content: tuple[Part, ...]
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(p for p in self.content if isinstance(p, ImagePart))
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-row generation parameters, already resolved against the server defaults."""
+
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # Accepted for OpenAI/seeds compatibility; only beam search uses it and rows decode one beam.
+    length_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+JobKind = Literal["chat", "generate"]
+
+
+class JobPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """One request, as a worker runs it. `prompt` is raw text (kind generate), else `messages`."""
+
+    id: str
+    kind: JobKind = "chat"
+    messages: tuple[Message, ...] = ()
+    prompt: str | None = None
+    params: SamplingParams
+    created_at: float
+
+    @property
+    def image_blobs(self) -> tuple[str, ...]:
+        return tuple(p.blob for m in self.messages for p in m.images)
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class JobResult(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    truncated_prompt_tokens: int = 0
+    queue_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    first_token_seconds: float | None = None
+    batch_id: str = ""
+    batch_size: int = 1
+    worker: str = ""
+    seed: int | None = None
+
+
+class JobError(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a job failed, in the terms the API answers with (HTTP status + OpenAI error fields)."""
+
+    status: int
+    type: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    return msgspec.msgpack.encode(value)
+
+
+_payload_decoder = msgspec.msgpack.Decoder(JobPayload)
+_result_decoder = msgspec.msgpack.Decoder(JobResult)
+_error_decoder = msgspec.json.Decoder(JobError)
+
+
+def decode_payload(data: bytes) -> JobPayload:
+    return _payload_decoder.decode(data)
+
+
+def decode_result(data: bytes) -> JobResult:
+    return _result_decoder.decode(data)
+
+
+def encode_error(error: JobError) -> str:
+    """Errors travel as JSON text in rq's `exc_string` slot (rq stores it as text)."""
+    return msgspec.json.encode(error).decode()
+
+
+def decode_error(text: str) -> JobError | None:
+    """The stored error, or None when the failure was not written by our worker (e.g. a crash)."""
+    try:
+        return _error_decoder.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None

@@ -1,0 +1,62 @@
+"""What a worker tells the fleet about itself, renewed by its heartbeat.
+
+A worker writes its `WorkerInfo` under `keys.worker_info(id)` with a TTL and scores itself in the
+`keys.WORKERS` sorted set by heartbeat time. The API reads both to route jobs to live workers and
+to answer /health; it also takes the chat template from here, so `/v1/apply_template` renders
+exactly what the worker feeds the model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+WorkerState = Literal["loading", "ready", "failed", "stopping"]
+
+
+class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
+    path: str | None  # None when REDACT_SOURCE hides it
+    demo: bool
+    dtype: str  # e.g. "torch.bfloat16", as the seeds' /health shows it
+    attn: str
+    chat_template: str
+    template_kwargs: dict[str, str] = {}
+    supports_images: bool = True
+    image_token: str | None = None
+    max_model_length: int = 0
+    transformers_version: str = ""
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    queue: str
+    host: str
+    pid: int
+    device: str
+    device_name: str
+    capacity: int  # MAX_BATCH_SIZE of this worker
+    state: WorkerState
+    started_at: float
+    heartbeat_at: float
+    error: str | None = None
+    model: ModelCard | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self.model is not None
+
+
+_info_decoder = msgspec.msgpack.Decoder(WorkerInfo)
+
+
+def encode_info(info: WorkerInfo) -> bytes:
+    return msgspec.msgpack.encode(info)
+
+
+def decode_info(data: bytes) -> WorkerInfo | None:
+    """None for a record this version cannot read (e.g. written by a much newer worker)."""
+    try:
+        return _info_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None

@@ -1,0 +1,76 @@
+"""Generated test images and a local image host (stands in for remote image servers)."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import threading
+from dataclasses import dataclass
+
+from PIL import Image
+
+# Loopback, but not 127.0.0.1: tests allow exactly this address (IMAGE_FETCH_ALLOW_NETWORKS), so a
+# redirect to 127.0.0.1 is still refused.
+HOST_IP = "127.0.0.2"
+ALLOW_NETWORK = "127.0.0.2/32"
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30),
+                **save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def pixel_bomb() -> bytes:
+    """A small PNG whose header claims 20000x20000 pixels (400 M), far over the cap."""
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class ImageHost:
+    server: http.server.ThreadingHTTPServer
+    routes: dict[str, tuple[int, dict[str, str], bytes]]
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST_IP}:{self.server.server_address[1]}"
+
+    def add(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> str:
+        self.routes[path] = (status, headers or {"Content-Type": "image/png"}, body)
+        return self.base + path
+
+    def redirect(self, path: str, location: str) -> str:
+        self.routes[path] = (302, {"Location": location}, b"")
+        return self.base + path
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def start_image_host() -> ImageHost:
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, headers, body = routes.get(self.path, (404, {}, b"not found"))
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((HOST_IP, 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return ImageHost(server, routes)

@@ -1,0 +1,84 @@
+"""A batch is a value: prepared rows, grouped into shape-compatible groups, collated into tensors.
+
+Each row is processed on its own (so a bad row fails alone and is truncated on its own), then
+rows are left-padded into one tensor batch. Sequence-aligned tensors (input ids, masks, token
+types) are padded; per-image tensors (pixel values, grid sizes) are concatenated along the first
+dimension, which is how every HF VLM family batches them. Rows whose per-image tensors have
+different trailing shapes cannot share a tensor, so they go to separate groups (generate calls).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from shared.contract import JobPayload
+from workers.sampling import RowPlan
+
+
+@dataclass
+class PreparedRow:
+    job: JobPayload
+    input_ids: torch.Tensor  # 1-D, after truncation
+    plan: RowPlan
+    seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # 1-D, aligned with input_ids
+    image_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # first dim = images/patches
+    truncated_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def signature(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape[1:]) for k, v in self.image_extras.items()}
+
+
+def group_compatible(rows: Sequence[PreparedRow]) -> list[list[PreparedRow]]:
+    """Split rows into groups whose per-image tensors can be concatenated."""
+    groups: list[tuple[dict[str, tuple[int, ...]], list[PreparedRow]]] = []
+    for row in rows:
+        sig = row.signature()
+        for group_sig, members in groups:
+            if all(group_sig.get(k, shape) == shape for k, shape in sig.items()):
+                group_sig.update(sig)
+                members.append(row)
+                break
+        else:
+            groups.append((dict(sig), [row]))
+    return [members for _, members in groups]
+
+
+@dataclass
+class CollatedBatch:
+    inputs: dict[str, torch.Tensor]
+    prompt_width: int
+    pad_lengths: list[int]
+
+
+def collate(
+    rows: Sequence[PreparedRow], pad_id: int, device: torch.device, float_dtype: torch.dtype
+) -> CollatedBatch:
+    """Left-pad sequence tensors and concatenate image tensors of one compatible group."""
+    width = max(r.prompt_tokens for r in rows)
+    pads = [width - r.prompt_tokens for r in rows]
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    seq_keys = sorted({k for r in rows for k in r.seq_extras})
+    seq_tensors = {k: torch.zeros((len(rows), width), dtype=torch.long) for k in seq_keys}
+    for i, (row, pad) in enumerate(zip(rows, pads, strict=True)):
+        input_ids[i, pad:] = row.input_ids
+        attention[i, pad:] = 1
+        for key in seq_keys:
+            if key in row.seq_extras:
+                seq_tensors[key][i, pad:] = row.seq_extras[key]
+    inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention, **seq_tensors}
+    image_keys = sorted({k for r in rows for k in r.image_extras})
+    for key in image_keys:
+        inputs[key] = torch.cat([r.image_extras[key] for r in rows if key in r.image_extras], dim=0)
+    moved = {
+        k: v.to(device, dtype=float_dtype if v.is_floating_point() else v.dtype, non_blocking=True)
+        for k, v in inputs.items()
+    }
+    return CollatedBatch(moved, width, pads)

@@ -1,0 +1,174 @@
+"""Generation as a function of a batch: prepare rows, run one `generate` per compatible group.
+
+`prepare` turns one job (+ its decoded images) into a `PreparedRow`: the prompt rendered by the
+shared template, processed, left-truncated to MAX_INPUT_TOKENS (never through an image), its
+new-token budget clamped to MAX_MODEL_LENGTH. A job that cannot run raises a ServiceError from
+here and fails alone. `generate` returns one `RowOutput` per row, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from shared.contract import FinishReason, JobPayload, SamplingParams
+from shared.errors import InvalidRequest
+from shared.prompt import render_prompt
+from shared.settings import Settings
+from workers.batch import PreparedRow, collate, group_compatible
+from workers.loader import LoadedModel
+from workers.sampling import RowPlan, RowSampler, RowStopper
+
+log = logging.getLogger("omega.worker.engine")
+
+
+@dataclass(frozen=True)
+class RowOutput:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    truncated_prompt_tokens: int
+    seed: int
+    first_token_seconds: float | None
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel, settings: Settings) -> None:
+        self.m = loaded
+        self.settings = settings
+        self.generate_calls = 0  # observable proof of micro-batching (tests, metrics)
+
+    # --- preparing one row ---------------------------------------------------------------
+    def prompt_text(self, job: JobPayload) -> str:
+        if job.kind == "generate":
+            return job.prompt or ""
+        card = self.m.card
+        return render_prompt(card.chat_template, card.template_kwargs, job.messages)
+
+    def _encode(self, job: JobPayload, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        text = self.prompt_text(job)
+        # Chat templates write BOS themselves; a raw /generate prompt gets the tokenizer's usual
+        # special tokens, as TGI does.
+        add_special = job.kind == "generate"
+        if not self.m.supports_images:
+            return dict(self.m.tokenizer([text], return_tensors="pt", add_special_tokens=add_special))
+        try:
+            return dict(self.m.processor(text=[text], images=list(images) or None, return_tensors="pt",
+                                         add_special_tokens=add_special))
+        except ValueError as exc:
+            log.info("processor rejected job %s: %s", job.id, exc)
+            raise InvalidRequest(
+                "the prompt's image placeholders do not match its images "
+                "(the text may contain the model's image token)", param="messages",
+            ) from None
+
+    def prepare(self, job: JobPayload, images: Sequence[Image.Image]) -> PreparedRow:
+        if images and not self.m.supports_images:
+            raise InvalidRequest("this model does not accept images", param="messages", code="images_not_supported")
+        encoded = self._encode(job, images)
+        input_ids = encoded.pop("input_ids")[0]
+        encoded.pop("attention_mask", None)
+        length = int(input_ids.shape[0])
+        seq_extras = {k: v[0] for k, v in encoded.items() if v.dim() == 2 and v.shape[1] == length}
+        image_extras = {k: v for k, v in encoded.items() if k not in seq_extras and isinstance(v, torch.Tensor)}
+        cut = self._truncation(input_ids)
+        if cut:
+            input_ids = input_ids[cut:]
+            seq_extras = {k: v[cut:] for k, v in seq_extras.items()}
+        return PreparedRow(job, input_ids, self._plan(job.params, int(input_ids.shape[0])),
+                           seq_extras, image_extras, truncated_tokens=cut)
+
+    def _truncation(self, input_ids: torch.Tensor) -> int:
+        """Tokens to drop from the left so the prompt fits; a 400 if that would cut an image."""
+        limit = self.settings.input_token_limit
+        excess = int(input_ids.shape[0]) - limit
+        if excess <= 0:
+            return 0
+        if self.m.image_token_id is not None:
+            positions = (input_ids == self.m.image_token_id).nonzero()
+            if positions.numel() and int(positions[0]) < excess:
+                raise InvalidRequest(
+                    f"the prompt's images need more than the {limit} input tokens allowed "
+                    "(MAX_INPUT_TOKENS / MAX_MODEL_LENGTH); send fewer or smaller images",
+                    param="messages", code="context_length_exceeded",
+                )
+        return excess
+
+    def _plan(self, params: SamplingParams, prompt_tokens: int) -> RowPlan:
+        room = self.settings.max_model_length - prompt_tokens
+        seed = params.seed if params.seed is not None else secrets.randbits(31)
+        return RowPlan(params=params, max_new_tokens=max(1, min(params.max_new_tokens, room)), seed=seed)
+
+    # --- generating a batch --------------------------------------------------------------
+    def generate(self, rows: Sequence[PreparedRow]) -> list[RowOutput]:
+        results: dict[int, RowOutput] = {}
+        for group in group_compatible(rows):
+            for row, output in zip(group, self._generate_group(group), strict=True):
+                results[id(row)] = output
+        return [results[id(r)] for r in rows]
+
+    @torch.inference_mode()
+    def _generate_group(self, rows: Sequence[PreparedRow]) -> list[RowOutput]:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        m = self.m
+        batch = collate(rows, m.pad_id, m.device, m.dtype)
+        plans = [r.plan for r in rows]
+        sampler = RowSampler(plans, batch.prompt_width, batch.pad_lengths, m.eos_ids, m.device)
+        stopper = RowStopper(plans, batch.prompt_width, self._decode_raw, m.device)
+        config = GenerationConfig(
+            max_new_tokens=max(p.max_new_tokens for p in plans), do_sample=False, num_beams=1,
+            eos_token_id=m.eos_ids, pad_token_id=m.pad_id,
+        )
+        started = time.perf_counter()
+        sequences = m.model.generate(
+            **batch.inputs, generation_config=config,
+            logits_processor=LogitsProcessorList([sampler]), stopping_criteria=StoppingCriteriaList([stopper]),
+        )
+        self.generate_calls += 1
+        generated = sequences[:, batch.prompt_width:].tolist()
+        return [self._finish(row, tokens, started) for row, tokens in zip(rows, generated, strict=True)]
+
+    def _decode_raw(self, tokens: list[int]) -> str:
+        return str(self.m.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def _finish(self, row: PreparedRow, tokens: list[int], started: float) -> RowOutput:
+        plan = row.plan
+        end = min(plan.max_new_tokens, plan.stop_step or plan.max_new_tokens, len(tokens))
+        reason: FinishReason = "length"
+        eos = set(self.m.eos_ids)
+        for index, token in enumerate(tokens[:end]):
+            if token in eos:
+                end, reason = index + 1, "stop"
+                break
+        kept = tokens[:end]
+        text = self._decode_raw([t for t in kept if t not in eos])
+        if plan.params.stop:
+            cuts = [i for i in (text.find(s) for s in plan.params.stop) if i >= 0]
+            if cuts:
+                text, reason = text[: min(cuts)], "stop"
+        first = plan.first_token_at - started if plan.first_token_at is not None else None
+        return RowOutput(text, reason, row.prompt_tokens, len(kept), row.truncated_tokens, plan.seed, first)
+
+    # --- warm-up --------------------------------------------------------------------------
+    def warmup(self) -> None:
+        """One tiny generation so the first real request does not pay for lazy initialisation."""
+        from shared.contract import ImagePart, Message, TextPart
+
+        parts: tuple[Any, ...] = (TextPart("warm-up"),)
+        images: list[Image.Image] = []
+        if self.m.supports_images:
+            parts = (ImagePart("warmup"), TextPart("warm-up"))
+            images = [Image.new("RGB", (64, 64), (127, 127, 127))]
+        job = JobPayload(id="warmup", messages=(Message("user", parts),),
+                         params=SamplingParams(max_new_tokens=2), created_at=time.time())
+        self.generate([self.prepare(job, images)])
+        self.generate_calls = 0

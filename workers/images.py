@@ -1,0 +1,79 @@
+"""Blob fetch and decode for a batch, with an LRU of decoded images (IMAGE_CACHE_SIZE).
+
+Captioning jobs and multi-turn chats send the same image again and again; keeping decoded,
+resized images by their content hash skips both the blob-store round trip and the decode.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image
+
+from shared.blobstore import BlobStore, get_image
+from shared.errors import ServiceError
+from shared.images import decode_image
+from shared.settings import Settings
+
+
+class ImageCache:
+    """Thread-safe LRU of decoded images keyed by blob digest."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Image.Image] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, digest: str) -> Image.Image | None:
+        with self._lock:
+            image = self._items.get(digest)
+            if image is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(digest)
+            self.hits += 1
+            return image
+
+    def put(self, digest: str, image: Image.Image) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[digest] = image
+            self._items.move_to_end(digest)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+
+class ImageLoader:
+    """Fetches and decodes many blobs at once; Pillow and boto3 release the GIL, so threads help."""
+
+    def __init__(self, store: BlobStore, settings: Settings, threads: int = 8) -> None:
+        self.store = store
+        self.settings = settings
+        self.cache = ImageCache(settings.image_cache_size)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image-load")
+
+    def _load(self, digest: str) -> Image.Image | ServiceError:
+        cached = self.cache.get(digest)
+        if cached is not None:
+            return cached
+        try:
+            data = get_image(self.store, digest)
+            image = decode_image(data, max_side=self.settings.max_image_size,
+                                 max_pixels=self.settings.max_image_pixels)
+        except ServiceError as exc:
+            return exc
+        self.cache.put(digest, image)
+        return image
+
+    def load_many(self, digests: Iterable[str]) -> dict[str, Image.Image | ServiceError]:
+        unique = list(dict.fromkeys(digests))
+        return dict(zip(unique, self._pool.map(self._load, unique), strict=True))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,96 @@
+"""Worker process entry: one process per GPU (or per CPU worker), model resident, one rq queue."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import torch
+from redis import Redis
+
+from shared import keys
+from shared.blobstore import create_blob_store
+from shared.fleet import WorkerInfo
+from shared.logs import StartupHeartbeat, configure_logging, progress
+from shared.settings import Settings
+from workers.demo_model import ensure_demo_model
+from workers.engine import Engine
+from workers.fleet_member import FleetMember
+from workers.images import ImageLoader
+from workers.loader import load_model
+from workers.rq_worker import BatchWorker
+from workers.runner import BatchRunner
+
+log = logging.getLogger("omega.worker")
+
+
+def device_label(device: torch.device, index: int) -> str:
+    """'cuda0' / 'cpu1': stable per machine, so a restarted worker resumes its own queue."""
+    return f"cuda{device.index or 0}" if device.type == "cuda" else f"cpu{index}"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    return "cpu"
+
+
+def redis_client(settings: Settings) -> Redis:
+    # Short timeouts: a dead Redis must surface as an error quickly, never as a hang.
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=None,
+                          health_check_interval=15, retry_on_timeout=False)
+
+
+def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_threads: int | None = None) -> int:
+    """Load the model on `device` and serve this worker's queue until SIGTERM/SIGINT."""
+    label = device_label(device, index)
+    configure_logging(settings, f"worker-{label}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    worker_id = f"{socket.gethostname()}-{label}"
+    queue_name = keys.worker_queue(worker_id)
+    redis = redis_client(settings)
+    info = WorkerInfo(id=worker_id, queue=queue_name, host=socket.gethostname(), pid=os.getpid(),
+                      device=str(device), device_name=device_name(device), capacity=settings.max_batch_size,
+                      state="loading", started_at=time.time(), heartbeat_at=time.time())
+    member = FleetMember(redis, info, period_s=settings.worker_heartbeat_s, ttl_s=settings.worker_ttl_s)
+    member.start()
+    number = (device.index or 0) if device.type == "cuda" else index
+    tag = f"[startup][{device.type}:{number}]"
+    try:
+        if settings.uses_demo_model:
+            ensure_demo_model(settings.demo_model_dir)
+        with StartupHeartbeat(settings.progress_logs):
+            loaded = load_model(settings, device, lambda msg: progress(f"{tag} {msg}"))
+            engine = Engine(loaded, settings)
+            progress(f"{tag} torch.compile=off")
+            progress(f"{tag} Warmup…")
+            engine.warmup()
+    except Exception as exc:
+        log.error("worker %s failed to start: %s", worker_id, exc, exc_info=settings.debug)
+        member.update(state="failed", error=str(exc) if not settings.redact_source else type(exc).__name__)
+        member.stop()
+        return 1
+    progress(f"{tag} Ready.")
+    if loaded.card.demo:
+        log.warning("serving the generated DEMO model: random weights, its output is meaningless")
+    runner = BatchRunner(engine, ImageLoader(create_blob_store(settings), settings), worker_id)
+    worker = BatchWorker(
+        [queue_name], connection=redis, name=f"{worker_id}.{os.getpid()}", runner=runner,
+        max_batch_size=settings.max_batch_size, batch_timeout_ms=settings.batch_timeout_ms,
+        default_result_ttl=settings.result_ttl_s, worker_ttl=max(30, int(settings.worker_ttl_s * 3)),
+        job_monitoring_interval=max(5, int(settings.worker_heartbeat_s * 2)),
+    )
+    member.on_beat = worker.maintain_running_heartbeats
+    member.update(state="ready", model=loaded.card)
+    log.info("worker %s ready on queue %s (%s, %s, attn=%s)", worker_id, queue_name, info.device_name,
+             loaded.card.dtype, loaded.attn)
+    try:
+        worker.work(logging_level="WARNING" if not settings.debug else "DEBUG")
+    finally:
+        member.leave()
+    return 0

@@ -1,0 +1,143 @@
+"""An rq worker that runs jobs in micro-batches, in-process (no fork: the model stays resident).
+
+rq's loop dequeues the first job (atomically moved to the queue's intermediate list, since a
+worker listens on exactly one queue). `execute_job` then pulls up to MAX_BATCH_SIZE-1 more with
+the same atomic move, waiting at most BATCH_TIMEOUT_MS, gives every job the bookkeeping rq gives
+one (execution record, started registry, heartbeats), runs the batch, and finishes each job
+through rq's own success/failure handlers, so every job ends in rq's finished or failed registry
+and its result lands on the results stream the API blocks on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.worker import SimpleWorker, WorkerStatus
+
+from shared.contract import JobError, JobResult, decode_payload, encode, encode_error
+from shared.serializer import MsgpackSerializer
+from workers.runner import BatchItem, BatchRunner, job_error
+
+log = logging.getLogger("omega.worker.rq")
+
+
+@dataclass
+class Running:
+    job: Job
+    execution: Execution
+
+
+class BatchWorker(SimpleWorker):
+    """SimpleWorker whose unit of work is a micro-batch of jobs from its one queue."""
+
+    # Reconnect quickly after a Redis outage instead of rq's default 60 s ceiling.
+    max_connection_wait_time = 2.0
+
+    def __init__(self, *args: Any, runner: BatchRunner, max_batch_size: int, batch_timeout_ms: float,
+                 on_batch: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", MsgpackSerializer)
+        super().__init__(*args, **kwargs)
+        self.runner = runner
+        self.max_batch_size = max_batch_size
+        self.batch_timeout_s = batch_timeout_ms / 1000.0
+        self.on_batch = on_batch
+        self.running: list[Running] = []
+        self._running_lock = threading.Lock()
+
+    # --- pulling a batch -------------------------------------------------------------------
+    def _pull_one(self, queue: Queue, timeout_s: float) -> Job | None:
+        conn: Redis = self.connection
+        intermediate = queue.intermediate_queue_key
+        while True:
+            if timeout_s > 0:
+                raw = conn.blmove(queue.key, intermediate, timeout_s, "LEFT", "RIGHT")
+            else:
+                raw = conn.lmove(queue.key, intermediate, "LEFT", "RIGHT")
+            if raw is None:
+                return None
+            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            try:
+                return Job.fetch(job_id, connection=conn, serializer=self.serializer)
+            except NoSuchJobError:  # deleted or expired while queued: drop it and look again
+                conn.lrem(intermediate, 1, job_id)
+
+    def _collect(self, first: Job, queue: Queue) -> list[Job]:
+        jobs = [first]
+        deadline = time.monotonic() + self.batch_timeout_s
+        while len(jobs) < self.max_batch_size and not self._stop_requested:
+            left = deadline - time.monotonic()
+            # Take what is already waiting at once; wait only within the window.
+            job = self._pull_one(queue, 0) or (self._pull_one(queue, left) if left > 0.001 else None)
+            if job is None:
+                break
+            jobs.append(job)
+        return jobs
+
+    # --- bookkeeping -----------------------------------------------------------------------
+    def _start(self, job: Job) -> Running:
+        execution = self.prepare_execution(job)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        return Running(job, execution)
+
+    def _finish(self, running: Running, queue: Queue, outcome: JobResult | JobError) -> None:
+        job, execution = running.job, running.execution
+        if isinstance(outcome, JobResult):
+            self._finalize_success(job, queue, execution, encode(outcome))
+            return
+        job._status = JobStatus.FAILED
+        self.handle_execution_ended(job, queue, job.failure_callback_timeout)
+        self.handle_job_failure(job, queue, exc_string=encode_error(outcome), execution=execution)
+
+    def maintain_running_heartbeats(self) -> None:
+        """Called from the heartbeat thread: keeps long generations out of rq's abandoned-job cleanup."""
+        with self._running_lock:
+            running = list(self.running)
+        for item in running:
+            try:
+                self.maintain_heartbeats(item.job, item.execution)
+            except Exception:  # a heartbeat must never kill the worker
+                log.debug("heartbeat for job %s failed", item.job.id, exc_info=True)
+
+    # --- rq's unit of work -----------------------------------------------------------------
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        jobs = self._collect(job, queue)
+        started = [self._start(j) for j in jobs]
+        with self._running_lock:
+            self.running = started
+        try:
+            items: list[tuple[int, BatchItem]] = []
+            outcomes: dict[int, JobResult | JobError] = {}
+            for index, item in enumerate(started):
+                try:
+                    payload = decode_payload(item.job.args[0])
+                    enqueued = item.job.enqueued_at.timestamp() if item.job.enqueued_at else time.time()
+                    items.append((index, BatchItem(payload, enqueued)))
+                except Exception as exc:  # a job this worker cannot even read fails alone
+                    outcomes[index] = job_error(exc, item.job.id)
+            try:
+                results = self.runner.run([b for _, b in items]) if items else []
+            except Exception as exc:  # the runner isolates failures; this is a last line of defence
+                results = [job_error(exc, b.payload.id) for _, b in items]
+            for (index, _), outcome in zip(items, results, strict=True):
+                outcomes[index] = outcome
+            for index, item in enumerate(started):
+                try:
+                    self._finish(item, queue, outcomes[index])
+                except Exception:
+                    log.exception("could not record the outcome of job %s", item.job.id)
+            if self.on_batch:
+                self.on_batch(len(items))
+        finally:
+            with self._running_lock:
+                self.running = []
+            self.set_state(WorkerStatus.IDLE)

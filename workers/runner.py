@@ -1,0 +1,102 @@
+"""Run one micro-batch of jobs: images, prepare, generate, and one outcome per job.
+
+Pure with respect to the queue: it takes payloads and returns `JobResult | JobError` in order,
+so the rq bookkeeping (`workers.rq_worker`) stays separate. A job that cannot be prepared fails
+alone; if a batched `generate` raises (e.g. out of memory), its rows are retried one by one so
+only the row that really fails is failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from shared.contract import JobError, JobPayload, JobResult
+from shared.errors import ServiceError
+from workers.batch import PreparedRow
+from workers.engine import Engine, RowOutput
+from workers.images import ImageLoader
+
+log = logging.getLogger("omega.worker.runner")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    payload: JobPayload
+    enqueued_at: float  # unix time the job entered its queue
+
+
+Outcome = JobResult | JobError
+
+
+def job_error(exc: Exception, job_id: str) -> JobError:
+    if isinstance(exc, ServiceError):
+        return JobError(status=exc.status_code, type=exc.error_type, message=exc.message,
+                        param=exc.param, code=exc.code)
+    log.error("job %s failed", job_id, exc_info=exc)
+    return JobError(status=500, type="server_error", message=f"generation failed (job {job_id})",
+                    code="generation_failed")
+
+
+class BatchRunner:
+    def __init__(self, engine: Engine, images: ImageLoader, worker_name: str) -> None:
+        self.engine = engine
+        self.images = images
+        self.worker_name = worker_name
+
+    def _prepare(self, items: Sequence[BatchItem]) -> tuple[list[PreparedRow | None], dict[int, Outcome]]:
+        loaded = self.images.load_many(d for item in items for d in item.payload.image_blobs)
+        rows: list[PreparedRow | None] = []
+        failures: dict[int, Outcome] = {}
+        for index, item in enumerate(items):
+            try:
+                images: list[Image.Image] = []
+                for digest in item.payload.image_blobs:
+                    image = loaded[digest]
+                    if isinstance(image, ServiceError):
+                        raise image
+                    images.append(image)
+                rows.append(self.engine.prepare(item.payload, images))
+            except Exception as exc:
+                rows.append(None)
+                failures[index] = job_error(exc, item.payload.id)
+        return rows, failures
+
+    def _generate(self, rows: Sequence[PreparedRow]) -> list[RowOutput | JobError]:
+        try:
+            return list(self.engine.generate(rows))
+        except Exception as exc:
+            if len(rows) == 1:
+                return [job_error(exc, rows[0].job.id)]
+            log.warning("batch of %d failed (%s); retrying rows one by one", len(rows), exc)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return [out for row in rows for out in self._generate([row])]
+
+    def run(self, items: Sequence[BatchItem]) -> list[Outcome]:
+        started = time.time()
+        rows, outcomes = self._prepare(items)
+        ready = [(i, row) for i, row in enumerate(rows) if row is not None]
+        batch_id = uuid.uuid4().hex[:12]
+        t0 = time.perf_counter()
+        outputs = self._generate([row for _, row in ready]) if ready else []
+        elapsed = time.perf_counter() - t0
+        for (index, _row), output in zip(ready, outputs, strict=True):
+            if isinstance(output, JobError):
+                outcomes[index] = output
+                continue
+            outcomes[index] = JobResult(
+                text=output.text, finish_reason=output.finish_reason, prompt_tokens=output.prompt_tokens,
+                completion_tokens=output.completion_tokens,
+                truncated_prompt_tokens=output.truncated_prompt_tokens,
+                queue_seconds=max(0.0, started - items[index].enqueued_at), generation_seconds=elapsed,
+                first_token_seconds=output.first_token_seconds, batch_id=batch_id, batch_size=len(ready),
+                worker=self.worker_name, seed=output.seed,
+            )
+        return [outcomes[i] for i in range(len(items))]

@@ -1,0 +1,169 @@
+"""Per-row decoding inside one batched `generate`.
+
+`generate` runs greedy over the batch; `RowSampler` (a logits processor) picks every row's next
+token with that row's own parameters (temperature, top-k, top-p, penalties, min_tokens) and its
+own seeded `torch.Generator`, then leaves only the chosen token, so greedy takes it. Each row's
+choice depends only on its own logits and its own generator, which is what makes a seeded request
+produce the same text alone or inside any batch. `RowStopper` ends rows at their own
+`max_tokens` or stop strings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+from shared.contract import SamplingParams
+
+
+@dataclass
+class RowPlan:
+    """Decoding parameters of one row, plus what the stopper records while it runs."""
+
+    params: SamplingParams
+    max_new_tokens: int  # after the MAX_MODEL_LENGTH clamp
+    seed: int
+    stop_step: int | None = None  # generated-token count at which a stop string matched
+    first_token_at: float | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+
+def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+
+
+class RowSampler(LogitsProcessor):
+    """Choose each row's token by its own parameters; leave only that token for greedy to take."""
+
+    def __init__(self, plans: Sequence[RowPlan], prompt_width: int, pad_lengths: Sequence[int],
+                 eos_ids: Sequence[int], device: torch.device) -> None:
+        self.plans = list(plans)
+        self.prompt_width = prompt_width
+        self.pad_lengths = list(pad_lengths)
+        self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+        self.device = device
+        params = [p.params for p in self.plans]
+        self.sampling_rows = torch.tensor([p.do_sample and p.temperature > 0 for p in params], device=device)
+        self.any_sampling = bool(self.sampling_rows.any())
+        self.temperature = _column([max(p.temperature, 1e-5) for p in params], device)
+        self.top_p = _column([p.top_p for p in params], device)
+        self.top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=device)
+        self.min_new = torch.tensor([p.min_new_tokens for p in params], dtype=torch.long, device=device)
+        self.repetition = _column([p.repetition_penalty for p in params], device)
+        self.presence = _column([p.presence_penalty for p in params], device)
+        self.frequency = _column([p.frequency_penalty for p in params], device)
+        self.use_repetition = any(p.repetition_penalty != 1.0 for p in params)
+        self.use_counts = any(p.presence_penalty or p.frequency_penalty for p in params)
+        self.use_min = any(p.min_new_tokens > 0 for p in params)
+        for plan in self.plans:
+            if plan.params.do_sample and plan.params.temperature > 0:
+                plan.generator = torch.Generator(device=device).manual_seed(plan.seed)
+        self.seen: torch.Tensor | None = None  # (B, V) tokens in prompt + output, for repetition
+        self.counts: torch.Tensor | None = None  # (B, V) output token counts, for presence/frequency
+
+    def _update_history(self, input_ids: torch.Tensor, vocab: int) -> None:
+        step = input_ids.shape[1] - self.prompt_width
+        if self.use_repetition:
+            if self.seen is None:
+                # Left padding is not part of a row's prompt: leave it out, or a row would be
+                # penalised differently alone than in a batch.
+                positions = torch.arange(input_ids.shape[1], device=self.device).unsqueeze(0)
+                real = positions >= torch.tensor(self.pad_lengths, device=self.device).unsqueeze(1)
+                self.seen = torch.zeros(input_ids.shape[0], vocab, dtype=torch.bool, device=self.device)
+                self.seen.scatter_(1, torch.where(real, input_ids, 0), real)
+                # Tokens generated before the first call are none; later steps add one each.
+            elif step > 0:
+                self.seen.scatter_(1, input_ids[:, -1:], True)
+        if self.use_counts:
+            if self.counts is None:
+                self.counts = torch.zeros(input_ids.shape[0], vocab, dtype=torch.float32, device=self.device)
+            if step > 0:
+                self.counts.scatter_add_(1, input_ids[:, -1:], torch.ones_like(input_ids[:, -1:], dtype=torch.float32))
+
+    def _penalise(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.use_repetition and self.seen is not None:
+            penalised = torch.where(scores > 0, scores / self.repetition, scores * self.repetition)
+            scores = torch.where(self.seen, penalised, scores)
+        if self.use_counts and self.counts is not None:
+            scores = scores - self.presence * (self.counts > 0) - self.frequency * self.counts
+        return scores
+
+    def _sample(self, scores: torch.Tensor) -> torch.Tensor:
+        """Token ids for the sampling rows (exact categorical draw by the exponential race)."""
+        logits = scores / self.temperature
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+        vocab = logits.shape[-1]
+        ranks = torch.arange(vocab, device=self.device).unsqueeze(0)
+        k = torch.where(self.top_k > 0, self.top_k.clamp(max=vocab), vocab).unsqueeze(1)
+        sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each token
+        keep = (before < self.top_p) | (ranks == 0)
+        log_probs = torch.log(probs).masked_fill(~keep, float("-inf"))
+        noise = torch.ones_like(logits)
+        for row, plan in enumerate(self.plans):
+            if plan.generator is not None:
+                noise[row].exponential_(generator=plan.generator)
+        # argmax(p / E) with E ~ Exp(1) is a draw from p; the noise is indexed by token id so a
+        # row's draw does not depend on how its logits happened to sort.
+        race = log_probs - torch.log(torch.gather(noise, 1, order))
+        return torch.gather(order, 1, race.argmax(dim=-1, keepdim=True)).squeeze(1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        now = time.perf_counter()
+        for plan in self.plans:
+            if plan.first_token_at is None:
+                plan.first_token_at = now
+        scores_f = scores.float()
+        self._update_history(input_ids, scores_f.shape[-1])
+        scores_f = self._penalise(scores_f)
+        if self.use_min:
+            step = input_ids.shape[1] - self.prompt_width
+            blocked = (step < self.min_new).unsqueeze(1)
+            eos_mask = torch.zeros_like(scores_f, dtype=torch.bool)
+            eos_mask[:, self.eos_ids] = True
+            scores_f = scores_f.masked_fill(blocked & eos_mask, float("-inf"))
+        chosen = scores_f.argmax(dim=-1)
+        if self.any_sampling:
+            chosen = torch.where(self.sampling_rows, self._sample(scores_f), chosen)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen.unsqueeze(1), 0.0)
+        return out  # type: ignore[return-value]
+
+
+class RowStopper(StoppingCriteria):
+    """Ends each row at its own max_tokens, or when its text contains one of its stop strings."""
+
+    def __init__(
+        self, plans: Sequence[RowPlan], prompt_width: int, decode: Callable[[list[int]], str], device: torch.device
+    ) -> None:
+        self.plans = list(plans)
+        self.prompt_width = prompt_width
+        self.decode = decode
+        self.limits = torch.tensor([p.max_new_tokens for p in self.plans], dtype=torch.long, device=device)
+        self.stop_rows = [i for i, p in enumerate(self.plans) if p.params.stop]
+        # A stop string of n characters spans at most n tokens, plus a few that decode to
+        # partial UTF-8 sequences.
+        self.windows = {i: max(len(s) for s in self.plans[i].params.stop) + 8 for i in self.stop_rows}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        step = input_ids.shape[1] - self.prompt_width
+        done = step >= self.limits
+        if self.stop_rows and step > 0:
+            tails = input_ids[self.stop_rows, -min(step, max(self.windows.values())):].tolist()
+            for row, tail in zip(self.stop_rows, tails, strict=True):
+                plan = self.plans[row]
+                if plan.stop_step is not None:
+                    continue
+                text = self.decode(tail[-self.windows[row]:])
+                if any(stop in text for stop in plan.params.stop):
+                    plan.stop_step = step
+            stopped = [i for i in self.stop_rows if self.plans[i].stop_step is not None]
+            if stopped:
+                done = done.clone()
+                done[stopped] = True
+        return done  # type: ignore[return-value]
