@@ -55,8 +55,7 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
 
 def create_app(settings: Settings) -> Litestar:
     return Litestar(
-        route_handlers=[ChatController, GenerateController, TemplateController, ModelsController,
-                        HealthController],
+        route_handlers=[ChatController, GenerateController, TemplateController, ModelsController, HealthController],
         exception_handlers={Exception: exception_handler},
         lifespan=[services_lifespan, _warm_template_renderer],
         state=State({"settings": settings, "started_at": time.time()}),

@@ -28,8 +28,9 @@ def check_model(requested: str | None, settings: Settings) -> str:
     if requested is None or requested == "":
         return settings.model_name
     if requested not in settings.served_model_names:
-        raise ModelNotFound(f"The model `{requested}` does not exist; this server serves "
-                            f"`{settings.model_name}`", param="model")
+        raise ModelNotFound(
+            f"The model `{requested}` does not exist; this server serves `{settings.model_name}`", param="model"
+        )
     return requested
 
 
@@ -60,24 +61,27 @@ def _max_new(requested: int | None, min_new: int | None, settings: Settings, par
     max_new = min(requested or cap, cap)
     minimum = 1 if min_new is None else min_new
     if min_new is not None and min_new > max_new:
-        raise InvalidRequest(f"min_tokens ({min_new}) exceeds the number of new tokens allowed ({max_new})",
-                             param=param)
+        raise InvalidRequest(
+            f"min_tokens ({min_new}) exceeds the number of new tokens allowed ({max_new})", param=param
+        )
     return max_new, min(minimum, max_new)
 
 
 def chat_params(req: ChatCompletionRequest, settings: Settings) -> SamplingParams:
-    max_new, min_new = _max_new(req.max_completion_tokens or req.max_tokens, req.min_tokens, settings,
-                                "min_tokens")
+    max_new, min_new = _max_new(req.max_completion_tokens or req.max_tokens, req.min_tokens, settings, "min_tokens")
     # temperature 0 means greedy (OpenAI); otherwise DO_SAMPLE_DEFAULT decides.
     do_sample = req.temperature > 0 if req.temperature is not None else settings.do_sample_default
     top_k = req.top_k if req.top_k is not None else settings.top_k_default
     return SamplingParams(
-        max_new_tokens=max_new, min_new_tokens=min_new, do_sample=do_sample,
+        max_new_tokens=max_new,
+        min_new_tokens=min_new,
+        do_sample=do_sample,
         temperature=req.temperature if req.temperature is not None else settings.temperature_default,
         top_p=req.top_p if req.top_p is not None else settings.top_p_default,
         top_k=max(top_k, 0),
         repetition_penalty=req.repetition_penalty or settings.repetition_penalty_default,
-        presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
         length_penalty=req.length_penalty if req.length_penalty is not None else 1.0,
         seed=req.seed if req.seed is not None else settings.seed_default,
         stop=_stops(req.stop),
@@ -90,7 +94,9 @@ def generate_params(params: GenerateParameters | None, settings: Settings) -> Sa
     max_new, min_new = _max_new(p.max_new_tokens, p.min_new_tokens, settings, "parameters.min_new_tokens")
     top_k = p.top_k if p.top_k is not None else settings.top_k_default
     return SamplingParams(
-        max_new_tokens=max_new, min_new_tokens=min_new, do_sample=bool(p.do_sample),
+        max_new_tokens=max_new,
+        min_new_tokens=min_new,
+        do_sample=bool(p.do_sample),
         temperature=p.temperature if p.temperature is not None else settings.temperature_default,
         top_p=p.top_p if p.top_p is not None else settings.top_p_default,
         top_k=max(top_k, 0),
@@ -128,5 +134,5 @@ def job_messages(messages: Sequence[ChatMessage], digests: Sequence[str]) -> tup
         else:
             for part in message.content:
                 parts.append(TextPart(part.text) if isinstance(part, TextContent) else ImagePart(next(pending)))
-        out.append(Message(role, tuple(parts)))  # type: ignore[arg-type]
+        out.append(Message(role, tuple(parts)))
     return tuple(out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 from redis import Redis as SyncRedis
@@ -34,8 +35,9 @@ class Submitted:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, redis: Redis, blocking_redis: Redis, sync_redis: SyncRedis,
-                 fleet: FleetView) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, blocking_redis: Redis, sync_redis: SyncRedis, fleet: FleetView
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.blocking_redis = blocking_redis  # its own pool: blocked reads never starve others
@@ -48,8 +50,12 @@ class Dispatcher:
     def _enqueue(self, queue_name: str, payload: JobPayload, timeout_s: int) -> None:
         queue = Queue(queue_name, connection=self.sync_redis, serializer=MsgpackSerializer)
         queue.enqueue_call(
-            func=keys.JOB_FUNC, args=(encode(payload),), job_id=payload.id, timeout=timeout_s,
-            result_ttl=self.settings.result_ttl_s, failure_ttl=self.settings.result_ttl_s,
+            func=keys.JOB_FUNC,
+            args=(encode(payload),),
+            job_id=payload.id,
+            timeout=timeout_s,
+            result_ttl=self.settings.result_ttl_s,
+            failure_ttl=self.settings.result_ttl_s,
             description=f"{payload.kind} job",
         )
 
@@ -69,12 +75,14 @@ class Dispatcher:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise GatewayTimeout(f"the job did not finish within {timeout_s:g} s; it keeps running as "
-                                     f"job {job_id}", param=None, code="timeout")
+                raise GatewayTimeout(
+                    f"the job did not finish within {timeout_s:g} s; it keeps running as job {job_id}",
+                    param=None,
+                    code="timeout",
+                )
             block_ms = max(1, int(left * 1000))
             # wait_for guards against a Redis that stops answering without closing the socket.
-            reply = await asyncio.wait_for(self.blocking_redis.xread({stream: last_id}, block=block_ms),
-                                           left + 5)
+            reply: Any = await asyncio.wait_for(self.blocking_redis.xread({stream: last_id}, block=block_ms), left + 5)
             if not reply:
                 continue
             for entry_id, fields in reply[0][1]:

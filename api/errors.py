@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -27,6 +28,7 @@ from shared.errors import (
 
 log = logging.getLogger("omega.api.errors")
 
+
 def _validation_error(exc: ValidationException) -> ServiceError:
     problems = exc.extra if isinstance(exc.extra, list) else []
     if not problems:
@@ -36,8 +38,10 @@ def _validation_error(exc: ValidationException) -> ServiceError:
     message = str(first.get("message") or "invalid value")
     if key in ("", "data"):
         # Litestar's message for a missing body is just "'data'".
-        return InvalidRequest("the request body must be a JSON object" if message.startswith("'") else
-                              f"invalid request body: {message}", param=None)
+        return InvalidRequest(
+            "the request body must be a JSON object" if message.startswith("'") else f"invalid request body: {message}",
+            param=None,
+        )
     return InvalidRequest(f"{key}: {message}", param=key)
 
 
@@ -57,9 +61,8 @@ def to_service_error(exc: Exception) -> ServiceError:
     return InternalError("internal server error")
 
 
-def exception_handler(request: Request, exc: Exception) -> Response[dict[str, dict[str, str | None]]]:
+def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, dict[str, str | None]]]:
     error = to_service_error(exc)
     if error.status_code >= 500 and not isinstance(exc, ServiceError):
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return Response(error.body(), status_code=error.status_code, headers=error.headers,
-                    media_type=MediaType.JSON)
+    return Response(error.body(), status_code=error.status_code, headers=error.headers, media_type=MediaType.JSON)

@@ -71,13 +71,11 @@ class FleetView:
         """The least-loaded live queue with room; ready workers before ones still loading."""
         workers = await self.live_workers()
         if not workers:
-            raise ServiceUnavailable("no worker is available yet; retry shortly", retry_after_s=5,
-                                     code="no_workers")
+            raise ServiceUnavailable("no worker is available yet; retry shortly", retry_after_s=5, code="no_workers")
         loads = await self.loads(workers)
         open_ = [q for q in loads if q.waiting < self.settings.max_queue_size]
         if not open_:
-            raise Overloaded("every queue is full (MAX_QUEUE_SIZE); retry later",
-                             retry_after_s=self.retry_after(loads))
+            raise Overloaded("every queue is full (MAX_QUEUE_SIZE); retry later", retry_after_s=self.retry_after(loads))
         best = min((not q.worker.ready, q.score) for q in open_)
         return random.choice([q for q in open_ if (not q.worker.ready, q.score) == best])
 

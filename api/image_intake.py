@@ -33,15 +33,17 @@ def decode_data_url(ref: ImageRef, max_bytes: int) -> bytes:
     if not sep or not header.lower().startswith("data:"):
         raise InvalidRequest("malformed data URL", param=ref.param, code="invalid_image_url")
     if not header.lower().endswith(";base64"):
-        raise InvalidRequest("image data URLs must be base64-encoded (data:image/...;base64,...)",
-                             param=ref.param, code="invalid_image_url")
+        raise InvalidRequest(
+            "image data URLs must be base64-encoded (data:image/...;base64,...)",
+            param=ref.param,
+            code="invalid_image_url",
+        )
     if len(payload) // 4 * 3 > max_bytes + 2:
         raise PayloadTooLarge(f"the image is larger than MAX_IMAGE_BYTES={max_bytes}", param=ref.param)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest("the image data URL is not valid base64", param=ref.param,
-                             code="invalid_base64") from None
+        raise InvalidRequest("the image data URL is not valid base64", param=ref.param, code="invalid_base64") from None
 
 
 class ImageIntake:
@@ -54,19 +56,26 @@ class ImageIntake:
         """Everything that can be refused without network or disk, for all images first."""
         limit = self.settings.max_images_per_request
         if len(refs) > limit:
-            raise InvalidRequest(f"{len(refs)} images in the request; at most {limit} are allowed "
-                                 "(MAX_IMAGES_PER_REQUEST)", param="messages", code="too_many_images")
+            raise InvalidRequest(
+                f"{len(refs)} images in the request; at most {limit} are allowed (MAX_IMAGES_PER_REQUEST)",
+                param="messages",
+                code="too_many_images",
+            )
         for ref in refs:
             scheme = ref.source.split(":", 1)[0].lower() if ":" in ref.source else ""
             if scheme == "data":
                 continue
             if scheme not in ("http", "https"):
-                raise InvalidRequest("images must be data: URLs or http(s) URLs", param=ref.param,
-                                     code="invalid_image_url")
+                raise InvalidRequest(
+                    "images must be data: URLs or http(s) URLs", param=ref.param, code="invalid_image_url"
+                )
             if not self.settings.allow_remote_images:
-                raise InvalidRequest("remote image URLs are disabled on this server (ALLOW_REMOTE_IMAGES=0); "
-                                     "send the image as a base64 data: URL", param=ref.param,
-                                     code="remote_images_disabled")
+                raise InvalidRequest(
+                    "remote image URLs are disabled on this server (ALLOW_REMOTE_IMAGES=0); "
+                    "send the image as a base64 data: URL",
+                    param=ref.param,
+                    code="remote_images_disabled",
+                )
 
     async def store_all(self, refs: Sequence[ImageRef]) -> list[str]:
         """Digests of the stored images, in request order."""
@@ -79,8 +88,9 @@ class ImageIntake:
         else:
             data = await self.fetcher.fetch(ref.source, ref.param)
         if len(data) > self.settings.max_image_bytes:
-            raise PayloadTooLarge(f"the image is larger than MAX_IMAGE_BYTES={self.settings.max_image_bytes}",
-                                  param=ref.param)
+            raise PayloadTooLarge(
+                f"the image is larger than MAX_IMAGE_BYTES={self.settings.max_image_bytes}", param=ref.param
+            )
         return await anyio.to_thread.run_sync(self._check_and_store, data, ref.param)
 
     def _check_and_store(self, data: bytes, param: str) -> str:

@@ -74,10 +74,14 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-                          ) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         addresses = await self.resolve(host, port)
         if not addresses or not all(self.policy.permits(ipaddress.ip_address(a)) for a in addresses):
             raise BlockedDestination(host)
@@ -90,9 +94,12 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         assert last is not None
         raise last
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-                                  ) -> httpcore.AsyncNetworkStream:
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         raise BlockedDestination("unix socket")
 
     async def sleep(self, seconds: float) -> None:
@@ -109,8 +116,7 @@ def _check_url(url: str, param: str | None) -> tuple[str, bytes]:
     if parts.scheme.lower() not in ("http", "https"):
         raise InvalidRequest("image URLs must be http(s) or data: URLs", param=param, code="invalid_image_url")
     if not parts.hostname or parts.username is not None or parts.password is not None:
-        raise InvalidRequest("the image URL needs a host and no credentials", param=param,
-                             code="invalid_image_url")
+        raise InvalidRequest("the image URL needs a host and no credentials", param=param, code="invalid_image_url")
     try:
         host = parts.hostname.encode("idna")
     except UnicodeError:
@@ -125,7 +131,9 @@ class RemoteImageFetcher:
         self.settings = settings
         self.pool = httpcore.AsyncConnectionPool(
             network_backend=GuardedBackend(AddressPolicy(settings.image_fetch_allow_networks)),
-            max_connections=64, keepalive_expiry=30, retries=0,
+            max_connections=64,
+            keepalive_expiry=30,
+            retries=0,
         )
 
     async def fetch(self, url: str, param: str | None = None) -> bytes:
@@ -133,15 +141,23 @@ class RemoteImageFetcher:
         try:
             return await asyncio.wait_for(self._follow(url, param), timeout)
         except TimeoutError:
-            raise InvalidRequest(f"fetching the image URL took longer than {timeout:g} s", param=param,
-                                 code="image_fetch_timeout") from None
+            raise InvalidRequest(
+                f"fetching the image URL took longer than {timeout:g} s", param=param, code="image_fetch_timeout"
+            ) from None
         except BlockedDestination:
-            raise InvalidRequest("the image URL points to a non-public address, which is not allowed",
-                                 param=param, code="image_url_blocked") from None
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol,
-                httpcore.TimeoutException, OSError):
-            raise InvalidRequest("the image URL could not be fetched", param=param,
-                                 code="image_fetch_failed") from None
+            raise InvalidRequest(
+                "the image URL points to a non-public address, which is not allowed",
+                param=param,
+                code="image_url_blocked",
+            ) from None
+        except (
+            httpcore.NetworkError,
+            httpcore.ProtocolError,
+            httpcore.UnsupportedProtocol,
+            httpcore.TimeoutException,
+            OSError,
+        ):
+            raise InvalidRequest("the image URL could not be fetched", param=param, code="image_fetch_failed") from None
 
     async def _follow(self, url: str, param: str | None) -> bytes:
         for _hop in range(self.settings.image_fetch_max_redirects + 1):
@@ -151,13 +167,15 @@ class RemoteImageFetcher:
                 if response.status in _REDIRECTS:
                     location = _header(response, b"location")
                     if not location:
-                        raise InvalidRequest("the image URL redirected without a location", param=param,
-                                             code="image_fetch_failed")
+                        raise InvalidRequest(
+                            "the image URL redirected without a location", param=param, code="image_fetch_failed"
+                        )
                     url = urljoin(url, location)
                     continue
                 if response.status != 200:
-                    raise InvalidRequest(f"the image URL answered HTTP {response.status}", param=param,
-                                         code="image_fetch_failed")
+                    raise InvalidRequest(
+                        f"the image URL answered HTTP {response.status}", param=param, code="image_fetch_failed"
+                    )
                 return await self._read_capped(response, param)
         raise InvalidRequest("the image URL redirected too many times", param=param, code="image_fetch_failed")
 

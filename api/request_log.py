@@ -6,8 +6,9 @@ from shared.contract import JobResult, SamplingParams
 from shared.logs import progress
 
 
-def log_success(route: str, job_id: str, latency_s: float, model: str, result: JobResult,
-                params: SamplingParams) -> None:
+def log_success(
+    route: str, job_id: str, latency_s: float, model: str, result: JobResult, params: SamplingParams
+) -> None:
     tps = result.completion_tokens / result.generation_seconds if result.generation_seconds > 0 else 0.0
     progress(
         f"[req] {route} 200 id={job_id[:12]} latency={latency_s:.3f}s gen={result.generation_seconds:.3f}s "

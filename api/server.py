@@ -12,10 +12,6 @@ from shared.settings import Settings
 from shared.settings_sources import load_settings, settings_to_env
 
 
-def _uvicorn_level(settings: Settings) -> str:
-    return "debug" if settings.debug else settings.log_level
-
-
 def app_from_env() -> object:
     """uvicorn factory for multi-process mode: settings arrive through OMEGA_SETTINGS_JSON."""
     settings = load_settings()
@@ -26,9 +22,14 @@ def app_from_env() -> object:
 def run_api(settings: Settings) -> int:
     configure_logging(settings, "api")
     common = {
-        "host": settings.host, "port": settings.port, "log_level": _uvicorn_level(settings),
-        "access_log": settings.debug or settings.log_level in ("debug", "trace"),
-        "loop": "auto", "http": "auto", "timeout_graceful_shutdown": 10, "server_header": False,
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.effective_log_level,
+        "access_log": settings.effective_log_level in ("debug", "trace"),
+        "loop": "auto",
+        "http": "auto",
+        "timeout_graceful_shutdown": 10,
+        "server_header": False,
     }
     if settings.uvicorn_workers > 1:
         os.environ.update(settings_to_env(settings))

@@ -33,8 +33,11 @@ def _redis(settings: Settings, *, blocking: bool) -> Redis:
     # Every command has a deadline, so a dead Redis becomes a quick 503, never a hang. Blocking
     # reads (XREAD BLOCK) get their own pool and rely on asyncio.wait_for for their deadline.
     pool = BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=4096 if blocking else 256, timeout=5,
-        socket_connect_timeout=2, socket_timeout=None if blocking else 5,
+        settings.redis_url,
+        max_connections=4096 if blocking else 256,
+        timeout=5,
+        socket_connect_timeout=2,
+        socket_timeout=None if blocking else 5,
     )
     return Redis(connection_pool=pool)
 
@@ -49,7 +52,10 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     store = create_blob_store(settings)
     fleet = FleetView(redis, settings)
     app.state.services = Services(
-        settings=settings, redis=redis, blob_store=store, fleet=fleet,
+        settings=settings,
+        redis=redis,
+        blob_store=store,
+        fleet=fleet,
         intake=ImageIntake(settings, store, fetcher),
         dispatcher=Dispatcher(settings, redis, blocking, sync_redis, fleet),
     )

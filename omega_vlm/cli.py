@@ -27,14 +27,16 @@ log = logging.getLogger("omega.cli")
 
 def _parser() -> argparse.ArgumentParser:
     settings_flags = build_parser()
-    parser = argparse.ArgumentParser(prog="omega-vlm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="omega-vlm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", parents=[settings_flags], help="Redis (if needed), the API and one worker per device")
     sub.add_parser("api", parents=[settings_flags], help="the HTTP API only")
     worker = sub.add_parser("worker", parents=[settings_flags], help="worker process(es) only")
-    worker.add_argument("--device", help="run one worker on this device (cpu, cuda:0, ...); "
-                        "default: one process per selected device")
+    worker.add_argument(
+        "--device", help="run one worker on this device (cpu, cuda:0, ...); default: one process per selected device"
+    )
     worker.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     worker.add_argument("--cpu-threads", type=int, default=None, help=argparse.SUPPRESS)
     demo = sub.add_parser("make-demo-model", parents=[settings_flags], help="generate the tiny demo model")
@@ -88,8 +90,11 @@ def _announce_when_ready(settings: Settings, stop: threading.Event) -> None:
         if report.get("ready"):
             print(f"[server] Ready. Health: {health}", flush=True)
             if report.get("demo_model"):
-                print("[server] Serving the generated demo model: its output is meaningless. "
-                      "Set MODEL_PATH to a model folder for real answers.", flush=True)
+                print(
+                    "[server] Serving the generated demo model: its output is meaningless. "
+                    "Set MODEL_PATH to a model folder for real answers.",
+                    flush=True,
+                )
             return
         if report.get("startup_error"):
             print(f"[server] Not ready (degraded). Health: {health} Error: {report['startup_error']}", flush=True)
@@ -99,6 +104,7 @@ def _announce_when_ready(settings: Settings, stop: threading.Event) -> None:
 def _up(settings: Settings) -> int:
     from omega_vlm import redis_server
 
+    settings = _apply_transformers_override(settings)
     children: list[Child] = []
     if not redis_server.reachable(settings.redis_url):
         argv, url = redis_server.private_redis_plan(settings.redis_url, settings.data_path)
@@ -120,7 +126,21 @@ def _up(settings: Settings) -> int:
         announced.set()
 
 
+def _apply_transformers_override(settings: Settings) -> Settings:
+    """Install TRANSFORMERS_INSTALL_PATH once, here; the processes started below inherit it."""
+    if not settings.transformers_path:
+        return settings
+    from workers.runtime_env import install_transformers
+
+    install_transformers(settings.transformers_path)
+    return msgspec.structs.replace(settings, transformers_path=None)
+
+
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.runtime_env import prepare_worker_env
+
+    settings = _apply_transformers_override(settings)
+    prepare_worker_env(settings)
     if args.device:
         import torch
 

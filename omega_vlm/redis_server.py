@@ -65,8 +65,23 @@ def private_redis_plan(url: str, data_dir: Path) -> tuple[list[str], str]:
     directory = data_dir / "redis"
     directory.mkdir(parents=True, exist_ok=True)
     # Append-only persistence: jobs accepted before a restart are still there after it.
-    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
-            "--appendonly", "yes", "--save", "", "--protected-mode", "yes", "--loglevel", "warning"]
+    argv = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(directory.resolve()),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
+        "--loglevel",
+        "warning",
+    ]
     db = parts.path.lstrip("/") or "0"
     return argv, f"redis://127.0.0.1:{port}/{db}"
 

@@ -7,6 +7,7 @@ with backoff; if the API exits, everything stops.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -26,10 +27,8 @@ PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """In the child, before exec: receive SIGTERM when the supervisor dies (Linux)."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -54,8 +53,7 @@ class Supervisor:
         self.exit_code = 0
 
     def start(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True,
-                                         preexec_fn=_die_with_parent)  # noqa: PLW1509
+        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
 

@@ -54,9 +54,9 @@ def encode_info(info: WorkerInfo) -> bytes:
     return msgspec.msgpack.encode(info)
 
 
-def decode_info(data: bytes) -> WorkerInfo | None:
+def decode_info(data: bytes | str) -> WorkerInfo | None:
     """None for a record this version cannot read (e.g. written by a much newer worker)."""
     try:
-        return _info_decoder.decode(data)
+        return _info_decoder.decode(data.encode() if isinstance(data, str) else data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None

@@ -25,8 +25,14 @@ class ImageRejected(InvalidRequest):
 # Signatures of common formats we refuse, only to name them in the error message: Pillow is never
 # asked to parse them (fewer parsers exposed to untrusted bytes).
 _REFUSED_SIGNATURES = (
-    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"8BPS", "PSD"), (b"%PDF", "PDF"),
-    (b"\x00\x00\x01\x00", "ICO"), (b"<svg", "SVG"), (b"<?xml", "SVG/XML"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "SVG/XML"),
 )
 _REFUSED_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
 
@@ -45,25 +51,29 @@ def probe_image(data: bytes, *, max_pixels: int, param: str | None = None) -> tu
     allowed = ", ".join(sorted(ALLOWED_FORMATS))
     refused = _refused_format(data)
     if refused:
-        raise ImageRejected(f"image format {refused} is not allowed (allowed: {allowed})", param=param,
-                            code="unsupported_image_format")
+        raise ImageRejected(
+            f"image format {refused} is not allowed (allowed: {allowed})", param=param, code="unsupported_image_format"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS)) as img:
                 fmt, (width, height) = str(img.format), img.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected(f"image has more than MAX_IMAGE_PIXELS={max_pixels} pixels", param=param,
-                            code="image_too_large") from None
+        raise ImageRejected(
+            f"image has more than MAX_IMAGE_PIXELS={max_pixels} pixels", param=param, code="image_too_large"
+        ) from None
     except UnidentifiedImageError:
-        raise ImageRejected(f"the data is not an image in a supported format ({allowed})", param=param,
-                            code="invalid_image") from None
+        raise ImageRejected(
+            f"the data is not an image in a supported format ({allowed})", param=param, code="invalid_image"
+        ) from None
     except Exception:  # a malformed header can raise almost anything inside a Pillow plugin
         raise ImageRejected("the image header could not be read", param=param, code="invalid_image") from None
     if width <= 0 or height <= 0 or width * height > max_pixels:
         raise ImageRejected(
             f"image is {width}x{height} pixels, more than MAX_IMAGE_PIXELS={max_pixels}",
-            param=param, code="image_too_large",
+            param=param,
+            code="image_too_large",
         )
     return fmt, width, height
 
@@ -72,13 +82,12 @@ def decode_image(data: bytes, *, max_side: int, max_pixels: int) -> Image.Image:
     """Decoded RGB image: header re-checked, EXIF orientation applied, longest side <= max_side."""
     probe_image(data, max_pixels=max_pixels)
     try:
-        img = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
-        if img.format == "JPEG":
+        opened = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+        if opened.format == "JPEG":
             # Let libjpeg decode at a reduced scale when the target is much smaller: far faster.
-            img.draft("RGB", (max_side, max_side))
-        img.seek(0)
-        img = ImageOps.exif_transpose(img)
-        img = img.convert("RGB")
+            opened.draft("RGB", (max_side, max_side))
+        opened.seek(0)
+        img = ImageOps.exif_transpose(opened).convert("RGB")
     except Exception:  # truncated or corrupt data past a valid header
         raise ImageRejected("the image data is corrupt or truncated", code="invalid_image") from None
     if max(img.size) > max_side:

@@ -28,7 +28,7 @@ def worker_queue(worker_id: str) -> str:
 
 def rq_queue_key(queue_name: str) -> str:
     """rq's list key for a queue name (taken from rq so the two never drift apart)."""
-    return Queue.redis_queue_namespace_prefix + queue_name
+    return str(Queue.redis_queue_namespace_prefix) + queue_name
 
 
 def rq_started_key(queue_name: str) -> str:

@@ -14,10 +14,12 @@ PROGRESS = "omega.progress"
 
 
 def configure_logging(settings: Settings, process: str) -> None:
-    level = logging.DEBUG if settings.debug or settings.log_level in ("debug", "trace") else \
-        getattr(logging, settings.log_level.upper())
+    name = settings.effective_log_level
+    level = logging.DEBUG if name in ("debug", "trace") else getattr(logging, name.upper())
     logging.basicConfig(
-        level=level, stream=sys.stderr, force=True,
+        level=level,
+        stream=sys.stderr,
+        force=True,
         format=f"%(asctime)s %(levelname)s [{process}] %(name)s: %(message)s",
     )
     # Progress lines are the seeds' bare "[startup] ..." / "[req] ..." lines.
@@ -82,8 +84,9 @@ class StartupHeartbeat:
             self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=1)

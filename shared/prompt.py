@@ -37,9 +37,7 @@ def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     return out
 
 
-def render_prompt(
-    chat_template: str, template_kwargs: Mapping[str, str], messages: Sequence[Message]
-) -> str:
+def render_prompt(chat_template: str, template_kwargs: Mapping[str, str], messages: Sequence[Message]) -> str:
     """The prompt text for `messages`, with the generation prompt appended."""
     from transformers.utils.chat_template_utils import render_jinja_template
 

@@ -72,7 +72,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- server / logging --------------------------------------------------------------------
     host: str = "0.0.0.0"
     port: Port = 8000
-    log_level: LogLevel = "info"
+    # Unset: info, or debug when DEBUG is on (the seeds: DEBUG bumps the level unless it was set).
+    log_level: LogLevel | None = None
     progress_logs: bool = False
     fast_usage: bool = True
     redact_source: bool = True
@@ -122,6 +123,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_key)
+
+    @property
+    def effective_log_level(self) -> LogLevel:
+        if self.log_level is not None:
+            return self.log_level
+        return "debug" if self.debug else "info"
 
     @property
     def served_model_names(self) -> tuple[str, ...]:

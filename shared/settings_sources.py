@@ -46,17 +46,24 @@ def _o(field: str, envs: str | tuple[str, ...], flags: str | tuple[str, ...], he
 
 OPTIONS: tuple[Option, ...] = (
     # model
-    _o("model_path", "MODEL_PATH", ("--model-path", "--model-id"),
-       "Local model folder or Hugging Face repo id; unset = the generated demo model"),
+    _o(
+        "model_path",
+        "MODEL_PATH",
+        ("--model-path", "--model-id"),
+        "Local model folder or Hugging Face repo id; unset = the generated demo model",
+    ),
     _o("model_name", "MODEL_NAME", "--model-name", "Display model name; requests must use it"),
-    _o("model_aliases", "MODEL_ALIASES", "--model-aliases",
-       "Comma-separated extra names the model contract accepts"),
+    _o("model_aliases", "MODEL_ALIASES", "--model-aliases", "Comma-separated extra names the model contract accepts"),
     _o("model_revision", "MODEL_REVISION", "--model-revision", "Hub branch/tag/commit to pin"),
     _o("trust_remote_code", "TRUST_REMOTE_CODE", "--trust-remote-code", "Allow custom model code"),
     _o("hf_token", ("HUGGING_FACE_HUB_TOKEN", "HF_TOKEN"), (), "Token for private hub models"),
     _o("cache_dir", "CACHE_DIR", "--cache-dir", "Hugging Face hub cache folder (sets HF_HUB_CACHE)"),
-    _o("transformers_path", "TRANSFORMERS_INSTALL_PATH", "--transformers-path",
-       "pip-install this transformers (path, URL or wheel) before a worker starts"),
+    _o(
+        "transformers_path",
+        "TRANSFORMERS_INSTALL_PATH",
+        "--transformers-path",
+        "pip-install this transformers (path, URL or wheel) before a worker starts",
+    ),
     # compute
     _o("dtype", "DTYPE", "--dtype", "auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)"),
     _o("attn_impl", "ATTN_IMPL", "--attn-impl", "flash_attention_2 | sdpa | eager"),
@@ -65,20 +72,26 @@ OPTIONS: tuple[Option, ...] = (
     _o("max_batch_size", "MAX_BATCH_SIZE", "--max-batch-size", "Requests per micro-batch"),
     _o("batch_timeout_ms", "BATCH_TIMEOUT_MS", "--batch-timeout-ms", "Micro-batch collection window"),
     _o("max_queue_size", "MAX_QUEUE_SIZE", "--max-queue-size", "Waiting jobs per worker before 503"),
-    _o("max_input_tokens", ("MAX_INPUT_TOKENS", "MAX_CONTEXT_TOKENS"),
-       ("--max-input-tokens", "--max-context-tokens"), "Prompt tokens kept (left-truncated)"),
+    _o(
+        "max_input_tokens",
+        ("MAX_INPUT_TOKENS", "MAX_CONTEXT_TOKENS"),
+        ("--max-input-tokens", "--max-context-tokens"),
+        "Prompt tokens kept (left-truncated)",
+    ),
     _o("max_model_length", "MAX_MODEL_LENGTH", "--max-model-length", "Prompt + new tokens per row"),
-    _o("max_new_tokens_default", "MAX_NEW_TOKENS_DEFAULT", "--default-max-tokens",
-       "Default and cap for max_tokens"),
-    _o("request_timeout_s", "REQUEST_TIMEOUT_S", "--request-timeout-s",
-       "Synchronous wait before 504"),
+    _o("max_new_tokens_default", "MAX_NEW_TOKENS_DEFAULT", "--default-max-tokens", "Default and cap for max_tokens"),
+    _o("request_timeout_s", "REQUEST_TIMEOUT_S", "--request-timeout-s", "Synchronous wait before 504"),
     # generation defaults
     _o("do_sample_default", "DO_SAMPLE_DEFAULT", "--default-sampling", "Sample by default (else greedy)"),
     _o("temperature_default", "TEMPERATURE_DEFAULT", "--default-temperature", "Default temperature"),
     _o("top_p_default", "TOP_P_DEFAULT", "--default-top-p", "Default nucleus p"),
     _o("top_k_default", "TOP_K_DEFAULT", "--default-top-k", "Default top-k (0 = off)"),
-    _o("repetition_penalty_default", "REPETITION_PENALTY_DEFAULT", "--default-repetition-penalty",
-       "Default repetition penalty"),
+    _o(
+        "repetition_penalty_default",
+        "REPETITION_PENALTY_DEFAULT",
+        "--default-repetition-penalty",
+        "Default repetition penalty",
+    ),
     _o("seed_default", "SEED_DEFAULT", "--default-seed", "Default sampling seed"),
     # devices
     _o("gpu_count", "GPU_COUNT", "--gpu-count", "Use the first N visible GPUs"),
@@ -97,18 +110,24 @@ OPTIONS: tuple[Option, ...] = (
     _o("max_request_bytes", "MAX_REQUEST_BYTES", "--max-request-bytes", "Largest request body (413)"),
     # images
     _o("max_image_size", "MAX_IMAGE_SIZE", "--max-image-size", "Longest image side after resize"),
-    _o("max_images_per_request", "MAX_IMAGES_PER_REQUEST", "--max-images-per-request",
-       "Images per request"),
+    _o("max_images_per_request", "MAX_IMAGES_PER_REQUEST", "--max-images-per-request", "Images per request"),
     _o("image_cache_size", "IMAGE_CACHE_SIZE", "--image-cache-size", "Decoded images a worker keeps"),
     _o("allow_remote_images", "ALLOW_REMOTE_IMAGES", "--allow-remote-images", "Fetch http(s) image URLs"),
     _o("max_image_pixels", "MAX_IMAGE_PIXELS", "--max-image-pixels", "Pixel cap (width x height)"),
     _o("max_image_bytes", "MAX_IMAGE_BYTES", "--max-image-bytes", "Encoded bytes per image"),
-    _o("image_fetch_timeout_s", "IMAGE_FETCH_TIMEOUT_S", "--image-fetch-timeout-s",
-       "Total deadline per remote image"),
-    _o("image_fetch_max_redirects", "IMAGE_FETCH_MAX_REDIRECTS", "--image-fetch-max-redirects",
-       "Redirects followed per remote image"),
-    _o("image_fetch_allow_networks", "IMAGE_FETCH_ALLOW_NETWORKS", "--image-fetch-allow-networks",
-       "Comma-separated non-global CIDRs remote images may come from (tests only)"),
+    _o("image_fetch_timeout_s", "IMAGE_FETCH_TIMEOUT_S", "--image-fetch-timeout-s", "Total deadline per remote image"),
+    _o(
+        "image_fetch_max_redirects",
+        "IMAGE_FETCH_MAX_REDIRECTS",
+        "--image-fetch-max-redirects",
+        "Redirects followed per remote image",
+    ),
+    _o(
+        "image_fetch_allow_networks",
+        "IMAGE_FETCH_ALLOW_NETWORKS",
+        "--image-fetch-allow-networks",
+        "Comma-separated non-global CIDRs remote images may come from (tests only)",
+    ),
     # storage and queues
     _o("redis_url", "REDIS_URL", "--redis-url", "Redis for queues and results"),
     _o("data_dir", "DATA_DIR", "--data-dir", "Demo model, local blobs and private Redis data"),
@@ -187,16 +206,34 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
             continue
         env_note = f" [env {option.envs[0]}]"
         if _is_bool(_hints()[option.field]):
-            group.add_argument(*option.flags, dest=option.field, nargs="?", const="true",
-                               default=argparse.SUPPRESS, metavar="true|false", help=option.help + env_note)
+            group.add_argument(
+                *option.flags,
+                dest=option.field,
+                nargs="?",
+                const="true",
+                default=argparse.SUPPRESS,
+                metavar="true|false",
+                help=option.help + env_note,
+            )
         else:
-            group.add_argument(*option.flags, dest=option.field, default=argparse.SUPPRESS,
-                               help=option.help + env_note)
+            group.add_argument(*option.flags, dest=option.field, default=argparse.SUPPRESS, help=option.help + env_note)
     # The seeds' attention shortcuts; they take precedence over --attn-impl.
-    group.add_argument("--enable-fa2", dest="_fa2", action="store_const", const="flash_attention_2",
-                       default=argparse.SUPPRESS, help="Shortcut for --attn-impl flash_attention_2")
-    group.add_argument("--disable-fa2", dest="_fa2", action="store_const", const="sdpa",
-                       default=argparse.SUPPRESS, help="Shortcut for --attn-impl sdpa")
+    group.add_argument(
+        "--enable-fa2",
+        dest="_fa2",
+        action="store_const",
+        const="flash_attention_2",
+        default=argparse.SUPPRESS,
+        help="Shortcut for --attn-impl flash_attention_2",
+    )
+    group.add_argument(
+        "--disable-fa2",
+        dest="_fa2",
+        action="store_const",
+        const="sdpa",
+        default=argparse.SUPPRESS,
+        help="Shortcut for --attn-impl sdpa",
+    )
     return parser
 
 
@@ -257,9 +294,7 @@ def settings_from_values(values: dict[str, Any]) -> Settings:
     return settings
 
 
-def load_settings(
-    namespace: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(namespace: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults < environment < CLI flags, validated once.
 
     A child process started by `omega-vlm up` inherits the parent's validated settings through

@@ -32,8 +32,9 @@ def s3_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket="omega-test")
+    boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    ).create_bucket(Bucket="omega-test")
     yield endpoint
     server.stop()
 
@@ -63,3 +64,19 @@ def stacks(redis_server: RedisServer, s3_endpoint: str, demo_model_dir: Path) ->
 def stack(stacks: StackFactory) -> Stack:
     """The shared stack: one CPU worker, S3 blob store, an open API (no key)."""
     return stacks.get("main", workers=1)
+
+
+STRICT_KEY = "test-secret-key"
+
+
+@pytest.fixture(scope="session")
+def strict_api(stack: Stack) -> str:
+    """A second API on the shared fleet: API key on, remote images off, small limits."""
+    return stack.start_api(
+        "strict",
+        API_KEY=STRICT_KEY,
+        ALLOW_REMOTE_IMAGES="0",
+        MAX_REQUEST_BYTES="300000",
+        MAX_IMAGES_PER_REQUEST="2",
+        MAX_QUEUE_SIZE="2",
+    )

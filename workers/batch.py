@@ -57,9 +57,7 @@ class CollatedBatch:
     pad_lengths: list[int]
 
 
-def collate(
-    rows: Sequence[PreparedRow], pad_id: int, device: torch.device, float_dtype: torch.dtype
-) -> CollatedBatch:
+def collate(rows: Sequence[PreparedRow], pad_id: int, device: torch.device, float_dtype: torch.dtype) -> CollatedBatch:
     """Left-pad sequence tensors and concatenate image tensors of one compatible group."""
     width = max(r.prompt_tokens for r in rows)
     pads = [width - r.prompt_tokens for r in rows]

@@ -117,20 +117,34 @@ def build_demo_model(out_dir: Path, *, seed: int = 0, vocab_size: int = 2048) ->
     )
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in ("<s>", "</s>", "<pad>", IMAGE_TOKEN)}
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=IMAGE_SIDE, patch_size=PATCH,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIDE,
+        patch_size=PATCH,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
         # Larger than the usual 0.02 so that logits are peaked: seeded runs are stable and
         # greedy rows end at different lengths, like a real model's would.
         initializer_range=0.3,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=ids[IMAGE_TOKEN],
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_config=vision,
+        text_config=text,
+        image_token_index=ids[IMAGE_TOKEN],
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
@@ -146,7 +160,9 @@ def build_demo_model(out_dir: Path, *, seed: int = 0, vocab_size: int = 2048) ->
         head[ids["</s>"]] *= EOS_SCALE
     generation = model.generation_config
     generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = (
-        ids["<s>"], ids["</s>"], ids["<pad>"],
+        ids["<s>"],
+        ids["</s>"],
+        ids["<pad>"],
     )
 
     out_dir = Path(out_dir)
@@ -157,8 +173,15 @@ def build_demo_model(out_dir: Path, *, seed: int = 0, vocab_size: int = 2048) ->
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / DEMO_MARKER).write_text(
-            json.dumps({"demo": True, "seed": seed, "transformers": transformers.__version__,
-                        "note": "random weights: output is meaningless"}, indent=2)
+            json.dumps(
+                {
+                    "demo": True,
+                    "seed": seed,
+                    "transformers": transformers.__version__,
+                    "note": "random weights: output is meaningless",
+                },
+                indent=2,
+            )
         )
         if out_dir.exists():
             shutil.rmtree(out_dir)

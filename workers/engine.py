@@ -36,7 +36,7 @@ class RowOutput:
     prompt_tokens: int
     completion_tokens: int
     truncated_prompt_tokens: int
-    seed: int
+    seed: int | None  # the seed a sampled row used (drawn when the job gave none); None if greedy
     first_token_seconds: float | None
 
 
@@ -61,13 +61,17 @@ class Engine:
         if not self.m.supports_images:
             return dict(self.m.tokenizer([text], return_tensors="pt", add_special_tokens=add_special))
         try:
-            return dict(self.m.processor(text=[text], images=list(images) or None, return_tensors="pt",
-                                         add_special_tokens=add_special))
+            return dict(
+                self.m.processor(
+                    text=[text], images=list(images) or None, return_tensors="pt", add_special_tokens=add_special
+                )
+            )
         except ValueError as exc:
             log.info("processor rejected job %s: %s", job.id, exc)
             raise InvalidRequest(
                 "the prompt's image placeholders do not match its images "
-                "(the text may contain the model's image token)", param="messages",
+                "(the text may contain the model's image token)",
+                param="messages",
             ) from None
 
     def prepare(self, job: JobPayload, images: Sequence[Image.Image]) -> PreparedRow:
@@ -83,8 +87,14 @@ class Engine:
         if cut:
             input_ids = input_ids[cut:]
             seq_extras = {k: v[cut:] for k, v in seq_extras.items()}
-        return PreparedRow(job, input_ids, self._plan(job.params, int(input_ids.shape[0])),
-                           seq_extras, image_extras, truncated_tokens=cut)
+        return PreparedRow(
+            job,
+            input_ids,
+            self._plan(job.params, int(input_ids.shape[0])),
+            seq_extras,
+            image_extras,
+            truncated_tokens=cut,
+        )
 
     def _truncation(self, input_ids: torch.Tensor) -> int:
         """Tokens to drop from the left so the prompt fits; a 400 if that would cut an image."""
@@ -98,13 +108,15 @@ class Engine:
                 raise InvalidRequest(
                     f"the prompt's images need more than the {limit} input tokens allowed "
                     "(MAX_INPUT_TOKENS / MAX_MODEL_LENGTH); send fewer or smaller images",
-                    param="messages", code="context_length_exceeded",
+                    param="messages",
+                    code="context_length_exceeded",
                 )
         return excess
 
     def _plan(self, params: SamplingParams, prompt_tokens: int) -> RowPlan:
         room = self.settings.max_model_length - prompt_tokens
-        seed = params.seed if params.seed is not None else secrets.randbits(31)
+        sampled = params.do_sample and params.temperature > 0
+        seed = params.seed if params.seed is not None else (secrets.randbits(31) if sampled else 0)
         return RowPlan(params=params, max_new_tokens=max(1, min(params.max_new_tokens, room)), seed=seed)
 
     # --- generating a batch --------------------------------------------------------------
@@ -125,16 +137,21 @@ class Engine:
         sampler = RowSampler(plans, batch.prompt_width, batch.pad_lengths, m.eos_ids, m.device)
         stopper = RowStopper(plans, batch.prompt_width, self._decode_raw, m.device)
         config = GenerationConfig(
-            max_new_tokens=max(p.max_new_tokens for p in plans), do_sample=False, num_beams=1,
-            eos_token_id=m.eos_ids, pad_token_id=m.pad_id,
+            max_new_tokens=max(p.max_new_tokens for p in plans),
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=m.eos_ids,
+            pad_token_id=m.pad_id,
         )
         started = time.perf_counter()
         sequences = m.model.generate(
-            **batch.inputs, generation_config=config,
-            logits_processor=LogitsProcessorList([sampler]), stopping_criteria=StoppingCriteriaList([stopper]),
+            **batch.inputs,
+            generation_config=config,
+            logits_processor=LogitsProcessorList([sampler]),
+            stopping_criteria=StoppingCriteriaList([stopper]),
         )
         self.generate_calls += 1
-        generated = sequences[:, batch.prompt_width:].tolist()
+        generated = sequences[:, batch.prompt_width :].tolist()
         return [self._finish(row, tokens, started) for row, tokens in zip(rows, generated, strict=True)]
 
     def _decode_raw(self, tokens: list[int]) -> str:
@@ -156,7 +173,8 @@ class Engine:
             if cuts:
                 text, reason = text[: min(cuts)], "stop"
         first = plan.first_token_at - started if plan.first_token_at is not None else None
-        return RowOutput(text, reason, row.prompt_tokens, len(kept), row.truncated_tokens, plan.seed, first)
+        seed = plan.seed if plan.params.seed is not None or plan.generator is not None else None
+        return RowOutput(text, reason, row.prompt_tokens, len(kept), row.truncated_tokens, seed, first)
 
     # --- warm-up --------------------------------------------------------------------------
     def warmup(self) -> None:
@@ -168,7 +186,11 @@ class Engine:
         if self.m.supports_images:
             parts = (ImagePart("warmup"), TextPart("warm-up"))
             images = [Image.new("RGB", (64, 64), (127, 127, 127))]
-        job = JobPayload(id="warmup", messages=(Message("user", parts),),
-                         params=SamplingParams(max_new_tokens=2), created_at=time.time())
+        job = JobPayload(
+            id="warmup",
+            messages=(Message("user", parts),),
+            params=SamplingParams(max_new_tokens=2),
+            created_at=time.time(),
+        )
         self.generate([self.prepare(job, images)])
         self.generate_calls = 0

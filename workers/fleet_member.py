@@ -23,8 +23,15 @@ log = logging.getLogger("omega.worker.fleet")
 
 
 class FleetMember:
-    def __init__(self, redis: Redis, info: WorkerInfo, *, period_s: float, ttl_s: float,
-                 on_beat: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        info: WorkerInfo,
+        *,
+        period_s: float,
+        ttl_s: float,
+        on_beat: Callable[[], None] | None = None,
+    ) -> None:
         self.redis = redis
         self.info = info
         self.period_s = period_s

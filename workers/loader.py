@@ -64,10 +64,14 @@ def attention_candidates(requested: str, strict: bool, device: torch.device, dty
     """Attention implementations to try, in order: the request, then the seeds' fallbacks."""
     if strict:
         return [requested]
-    order = {"flash_attention_2": ["flash_attention_2", "sdpa", "eager"], "sdpa": ["sdpa", "eager"],
-             "eager": ["eager", "sdpa"]}[requested]
+    order = {
+        "flash_attention_2": ["flash_attention_2", "sdpa", "eager"],
+        "sdpa": ["sdpa", "eager"],
+        "eager": ["eager", "sdpa"],
+    }[requested]
     fa2_usable = (
-        device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+        device.type == "cuda"
+        and dtype in (torch.float16, torch.bfloat16)
         and importlib.util.find_spec("flash_attn") is not None
     )
     return [a for a in order if a != "flash_attention_2" or fa2_usable]
@@ -82,8 +86,9 @@ def _hub_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _load_weights(path: str, settings: Settings, device: torch.device, dtype: torch.dtype,
-                  step: Callable[[str], None]) -> tuple[Any, str, bool]:
+def _load_weights(
+    path: str, settings: Settings, device: torch.device, dtype: torch.dtype, step: Callable[[str], None]
+) -> tuple[Any, str, bool]:
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     last_error: Exception | None = None
@@ -159,5 +164,6 @@ def load_model(settings: Settings, device: torch.device, step: Callable[[str], N
         max_model_length=settings.max_model_length,
         transformers_version=transformers.__version__,
     )
-    return LoadedModel(processor, tokenizer, model, device, dtype, attn, supports_images,
-                       image_token_id, eos_ids, int(pad_id), card)
+    return LoadedModel(
+        processor, tokenizer, model, device, dtype, attn, supports_images, image_token_id, eos_ids, int(pad_id), card
+    )

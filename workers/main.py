@@ -39,8 +39,13 @@ def device_name(device: torch.device) -> str:
 
 def redis_client(settings: Settings) -> Redis:
     # Short timeouts: a dead Redis must surface as an error quickly, never as a hang.
-    return Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=None,
-                          health_check_interval=15, retry_on_timeout=False)
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=3,
+        socket_timeout=None,
+        health_check_interval=15,
+        retry_on_timeout=False,
+    )
 
 
 def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_threads: int | None = None) -> int:
@@ -54,13 +59,25 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     worker_id = f"{socket.gethostname()}-{label}"
     queue_name = keys.worker_queue(worker_id)
     redis = redis_client(settings)
-    info = WorkerInfo(id=worker_id, queue=queue_name, host=socket.gethostname(), pid=os.getpid(),
-                      device=str(device), device_name=device_name(device), capacity=settings.max_batch_size,
-                      state="loading", started_at=time.time(), heartbeat_at=time.time())
+    info = WorkerInfo(
+        id=worker_id,
+        queue=queue_name,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        device=str(device),
+        device_name=device_name(device),
+        capacity=settings.max_batch_size,
+        state="loading",
+        started_at=time.time(),
+        heartbeat_at=time.time(),
+    )
     member = FleetMember(redis, info, period_s=settings.worker_heartbeat_s, ttl_s=settings.worker_ttl_s)
     member.start()
     number = (device.index or 0) if device.type == "cuda" else index
     tag = f"[startup][{device.type}:{number}]"
+    import transformers
+
+    log.info("[server] transformers %s from %s", transformers.__version__, transformers.__file__)
     try:
         if settings.uses_demo_model:
             ensure_demo_model(settings.demo_model_dir)
@@ -80,15 +97,26 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         log.warning("serving the generated DEMO model: random weights, its output is meaningless")
     runner = BatchRunner(engine, ImageLoader(create_blob_store(settings), settings), worker_id)
     worker = BatchWorker(
-        [queue_name], connection=redis, name=f"{worker_id}.{os.getpid()}", runner=runner,
-        max_batch_size=settings.max_batch_size, batch_timeout_ms=settings.batch_timeout_ms,
-        default_result_ttl=settings.result_ttl_s, worker_ttl=max(30, int(settings.worker_ttl_s * 3)),
+        [queue_name],
+        connection=redis,
+        name=f"{worker_id}.{os.getpid()}",
+        runner=runner,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        default_result_ttl=settings.result_ttl_s,
+        worker_ttl=max(30, int(settings.worker_ttl_s * 3)),
         job_monitoring_interval=max(5, int(settings.worker_heartbeat_s * 2)),
     )
     member.on_beat = worker.maintain_running_heartbeats
     member.update(state="ready", model=loaded.card)
-    log.info("worker %s ready on queue %s (%s, %s, attn=%s)", worker_id, queue_name, info.device_name,
-             loaded.card.dtype, loaded.attn)
+    log.info(
+        "worker %s ready on queue %s (%s, %s, attn=%s)",
+        worker_id,
+        queue_name,
+        info.device_name,
+        loaded.card.dtype,
+        loaded.attn,
+    )
     try:
         worker.work(logging_level="WARNING" if not settings.debug else "DEBUG")
     finally:

@@ -43,8 +43,15 @@ class BatchWorker(SimpleWorker):
     # Reconnect quickly after a Redis outage instead of rq's default 60 s ceiling.
     max_connection_wait_time = 2.0
 
-    def __init__(self, *args: Any, runner: BatchRunner, max_batch_size: int, batch_timeout_ms: float,
-                 on_batch: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        runner: BatchRunner,
+        max_batch_size: int,
+        batch_timeout_ms: float,
+        on_batch: Callable[[int], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("serializer", MsgpackSerializer)
         super().__init__(*args, **kwargs)
         self.runner = runner
@@ -60,7 +67,8 @@ class BatchWorker(SimpleWorker):
         intermediate = queue.intermediate_queue_key
         while True:
             if timeout_s > 0:
-                raw = conn.blmove(queue.key, intermediate, timeout_s, "LEFT", "RIGHT")
+                # Redis takes fractional seconds here; redis-py's stubs say int.
+                raw = conn.blmove(queue.key, intermediate, timeout_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
             else:
                 raw = conn.lmove(queue.key, intermediate, "LEFT", "RIGHT")
             if raw is None:

@@ -37,11 +37,13 @@ Outcome = JobResult | JobError
 
 def job_error(exc: Exception, job_id: str) -> JobError:
     if isinstance(exc, ServiceError):
-        return JobError(status=exc.status_code, type=exc.error_type, message=exc.message,
-                        param=exc.param, code=exc.code)
+        return JobError(
+            status=exc.status_code, type=exc.error_type, message=exc.message, param=exc.param, code=exc.code
+        )
     log.error("job %s failed", job_id, exc_info=exc)
-    return JobError(status=500, type="server_error", message=f"generation failed (job {job_id})",
-                    code="generation_failed")
+    return JobError(
+        status=500, type="server_error", message=f"generation failed (job {job_id})", code="generation_failed"
+    )
 
 
 class BatchRunner:
@@ -92,11 +94,17 @@ class BatchRunner:
                 outcomes[index] = output
                 continue
             outcomes[index] = JobResult(
-                text=output.text, finish_reason=output.finish_reason, prompt_tokens=output.prompt_tokens,
+                text=output.text,
+                finish_reason=output.finish_reason,
+                prompt_tokens=output.prompt_tokens,
                 completion_tokens=output.completion_tokens,
                 truncated_prompt_tokens=output.truncated_prompt_tokens,
-                queue_seconds=max(0.0, started - items[index].enqueued_at), generation_seconds=elapsed,
-                first_token_seconds=output.first_token_seconds, batch_id=batch_id, batch_size=len(ready),
-                worker=self.worker_name, seed=output.seed,
+                queue_seconds=max(0.0, started - items[index].enqueued_at),
+                generation_seconds=elapsed,
+                first_token_seconds=output.first_token_seconds,
+                batch_id=batch_id,
+                batch_size=len(ready),
+                worker=self.worker_name,
+                seed=output.seed,
             )
         return [outcomes[i] for i in range(len(items))]

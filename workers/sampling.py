@@ -39,8 +39,14 @@ def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
 class RowSampler(LogitsProcessor):
     """Choose each row's token by its own parameters; leave only that token for greedy to take."""
 
-    def __init__(self, plans: Sequence[RowPlan], prompt_width: int, pad_lengths: Sequence[int],
-                 eos_ids: Sequence[int], device: torch.device) -> None:
+    def __init__(
+        self,
+        plans: Sequence[RowPlan],
+        prompt_width: int,
+        pad_lengths: Sequence[int],
+        eos_ids: Sequence[int],
+        device: torch.device,
+    ) -> None:
         self.plans = list(plans)
         self.prompt_width = prompt_width
         self.pad_lengths = list(pad_lengths)
@@ -154,12 +160,12 @@ class RowStopper(StoppingCriteria):
         step = input_ids.shape[1] - self.prompt_width
         done = step >= self.limits
         if self.stop_rows and step > 0:
-            tails = input_ids[self.stop_rows, -min(step, max(self.windows.values())):].tolist()
+            tails = input_ids[self.stop_rows, -min(step, max(self.windows.values())) :].tolist()
             for row, tail in zip(self.stop_rows, tails, strict=True):
                 plan = self.plans[row]
                 if plan.stop_step is not None:
                     continue
-                text = self.decode(tail[-self.windows[row]:])
+                text = self.decode(tail[-self.windows[row] :])
                 if any(stop in text for stop in plan.params.stop):
                     plan.stop_step = step
             stopped = [i for i in self.stop_rows if self.plans[i].stop_step is not None]

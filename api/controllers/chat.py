@@ -21,15 +21,26 @@ def completion(job_id: str, model: str, result: JobResult, latency_s: float) -> 
         id=f"chatcmpl-{job_id}",
         created=int(time.time()),
         model=model,
-        choices=[Choice(index=0, message=ResponseMessage(role="assistant", content=result.text),
-                        finish_reason=result.finish_reason)],
-        usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                    total_tokens=result.prompt_tokens + result.completion_tokens),
+        choices=[
+            Choice(
+                index=0,
+                message=ResponseMessage(role="assistant", content=result.text),
+                finish_reason=result.finish_reason,
+            )
+        ],
+        usage=Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+        ),
         latency_seconds=round(latency_s, 6),
         service=ServiceInfo(
-            job_id=job_id, queue_seconds=round(result.queue_seconds, 6),
-            generation_seconds=round(result.generation_seconds, 6), batch_id=result.batch_id,
-            batch_size=result.batch_size, seed=result.seed,
+            job_id=job_id,
+            queue_seconds=round(result.queue_seconds, 6),
+            generation_seconds=round(result.generation_seconds, 6),
+            batch_id=result.batch_id,
+            batch_size=result.batch_size,
+            seed=result.seed,
             time_to_first_token_seconds=result.first_token_seconds,
             truncated_prompt_tokens=result.truncated_prompt_tokens,
         ),
@@ -46,8 +57,13 @@ async def chat_payload(data: ChatCompletionRequest, svc: Services) -> tuple[JobP
     svc.intake.check_refs(refs)
     await svc.fleet.choose()  # full or no workers: refuse before fetching and storing anything
     digests = await svc.intake.store_all(refs)
-    payload = JobPayload(id=uuid.uuid4().hex, kind="chat", messages=job_messages(data.messages, digests),
-                         params=params, created_at=time.time())
+    payload = JobPayload(
+        id=uuid.uuid4().hex,
+        kind="chat",
+        messages=job_messages(data.messages, digests),
+        params=params,
+        created_at=time.time(),
+    )
     return payload, model
 
 

@@ -26,15 +26,19 @@ class GenerateController(Controller):
     async def generate(self, data: GenerateRequest, svc: Services) -> GenerateResponse:
         started = time.perf_counter()
         params = generate_params(data.parameters, svc.settings)
-        payload = JobPayload(id=uuid.uuid4().hex, kind="generate", prompt=data.inputs, params=params,
-                             created_at=time.time())
+        payload = JobPayload(
+            id=uuid.uuid4().hex, kind="generate", prompt=data.inputs, params=params, created_at=time.time()
+        )
         await svc.dispatcher.submit(payload)
         result = await svc.dispatcher.wait(payload.id, svc.settings.request_timeout_s)
-        log_success("generate", payload.id, time.perf_counter() - started, svc.settings.model_name, result,
-                    params)
+        log_success("generate", payload.id, time.perf_counter() - started, svc.settings.model_name, result, params)
         text = data.inputs + result.text if data.parameters and data.parameters.return_full_text else result.text
         details = None
         if data.parameters and data.parameters.details:
-            details = GenerateDetails(finish_reason=result.finish_reason, generated_tokens=result.completion_tokens,
-                                      prompt_tokens=result.prompt_tokens, seed=result.seed)
+            details = GenerateDetails(
+                finish_reason=result.finish_reason,
+                generated_tokens=result.completion_tokens,
+                prompt_tokens=result.prompt_tokens,
+                seed=result.seed,
+            )
         return GenerateResponse(generated_text=text, details=details)

@@ -64,9 +64,17 @@ class HealthReport(msgspec.Struct):
 
 def _worker_report(load: QueueLoad, now: float) -> WorkerReport:
     w = load.worker
-    return WorkerReport(id=w.id, queue=w.queue, device=w.device, device_name=w.device_name, state=w.state,
-                        capacity=w.capacity, waiting=load.waiting, in_flight=load.in_flight,
-                        heartbeat_age_seconds=round(now - w.heartbeat_at, 3))
+    return WorkerReport(
+        id=w.id,
+        queue=w.queue,
+        device=w.device,
+        device_name=w.device_name,
+        state=w.state,
+        capacity=w.capacity,
+        waiting=load.waiting,
+        in_flight=load.in_flight,
+        heartbeat_age_seconds=round(now - w.heartbeat_at, 3),
+    )
 
 
 async def build_report(svc: Services) -> HealthReport:
@@ -85,19 +93,26 @@ async def build_report(svc: Services) -> HealthReport:
     return HealthReport(
         model_name=s.model_name,
         model_path=card.path if card else (None if s.redact_source else s.resolved_model_path),
-        demo_model=demo, note=DEMO_NOTE if demo else None,
-        devices=[w.device for w in ready], device_names=[w.device_name for w in ready],
+        demo_model=demo,
+        note=DEMO_NOTE if demo else None,
+        devices=[w.device for w in ready],
+        device_names=[w.device_name for w in ready],
         visible_cuda_devices=sum(1 for w in ready if w.device.startswith("cuda")),
         queues=[q.waiting for q in loads],
         ready=bool(ready) and redis_state == "ok",
-        startup_ok=not failed, startup_error=failed[0].error if failed else None,
+        startup_ok=not failed,
+        startup_error=failed[0].error if failed else None,
         overloaded=bool(loads) and all(q.waiting >= s.max_queue_size for q in loads),
         max_queue_size=s.max_queue_size,
-        dtype=card.dtype if card else None, attn=card.attn if card else None,
+        dtype=card.dtype if card else None,
+        attn=card.attn if card else None,
         batch=BatchConfig(max_batch_size=s.max_batch_size, batch_timeout_ms=s.batch_timeout_ms),
-        vlm_config=VLMConfig(max_model_length=s.max_model_length, max_image_size=s.max_image_size,
-                             max_images_per_request=s.max_images_per_request,
-                             allow_remote_images=s.allow_remote_images),
+        vlm_config=VLMConfig(
+            max_model_length=s.max_model_length,
+            max_image_size=s.max_image_size,
+            max_images_per_request=s.max_images_per_request,
+            allow_remote_images=s.allow_remote_images,
+        ),
         workers=[_worker_report(q, now) for q in loads],
         redis=redis_state,
     )

@@ -31,5 +31,6 @@ class TemplateController(Controller):
             raise InvalidRequest("this model does not accept images", param="messages", code="images_not_supported")
         # Images only need their place in the template, not their bytes.
         messages = job_messages(data.messages, ["template"] * len(refs))
-        return ApplyTemplateResponse(prompt=render_prompt(card.chat_template, card.template_kwargs, messages),
-                                     model=model)
+        return ApplyTemplateResponse(
+            prompt=render_prompt(card.chat_template, card.template_kwargs, messages), model=model
+        )

@@ -16,8 +16,9 @@ HOST_IP = "127.0.0.2"
 ALLOW_NETWORK = "127.0.0.2/32"
 
 
-def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30),
-                **save: object) -> bytes:
+def image_bytes(
+    fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30), **save: object
+) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, fmt, **save)
     return buf.getvalue()

@@ -46,8 +46,11 @@ class Stack:
 
     def start_worker(self, index: int, **overrides: str) -> ServiceProcess:
         env = service_env({**self.env, **overrides})
-        proc = ServiceProcess(["worker", "--device", "cpu", "--worker-index", str(index), "--cpu-threads", "1"],
-                              env, self.workdir / f"worker-{index}.log").start()
+        proc = ServiceProcess(
+            ["worker", "--device", "cpu", "--worker-index", str(index), "--cpu-threads", "1"],
+            env,
+            self.workdir / f"worker-{index}.log",
+        ).start()
         self.workers.append(proc)
         return proc
 
@@ -69,11 +72,20 @@ class StackFactory:
 
     def base_env(self, db: int, workdir: Path) -> dict[str, str]:
         return {
-            "REDIS_URL": self.redis.url(db), "MODEL_PATH": str(self.demo_model), "DATA_DIR": str(workdir),
-            "BLOB_STORE": "s3", "S3_BUCKET": "omega-test", "S3_ENDPOINT_URL": self.s3_endpoint,
-            "S3_PREFIX": f"db{db}/", "S3_ACCESS_KEY_ID": "test", "S3_SECRET_ACCESS_KEY": "test",
-            "IMAGE_FETCH_ALLOW_NETWORKS": ALLOW_NETWORK, "WORKER_HEARTBEAT_S": "0.5", "WORKER_TTL_S": "3",
-            "REQUEST_TIMEOUT_S": "60", "LOG_LEVEL": "info",
+            "REDIS_URL": self.redis.url(db),
+            "MODEL_PATH": str(self.demo_model),
+            "DATA_DIR": str(workdir),
+            "BLOB_STORE": "s3",
+            "S3_BUCKET": "omega-test",
+            "S3_ENDPOINT_URL": self.s3_endpoint,
+            "S3_PREFIX": f"db{db}/",
+            "S3_ACCESS_KEY_ID": "test",
+            "S3_SECRET_ACCESS_KEY": "test",
+            "IMAGE_FETCH_ALLOW_NETWORKS": ALLOW_NETWORK,
+            "WORKER_HEARTBEAT_S": "0.5",
+            "WORKER_TTL_S": "3",
+            "REQUEST_TIMEOUT_S": "60",
+            "LOG_LEVEL": "info",
         }
 
     def get(self, name: str, workers: int = 1, **overrides: str) -> Stack:

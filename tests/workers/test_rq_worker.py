@@ -1,0 +1,101 @@
+"""The rq batch worker on a real Redis: one generate per batch, every job ends in a registry."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
+
+from shared import keys
+from shared.blob_local import LocalBlobStore
+from shared.blobstore import put_image
+from shared.contract import (
+    ImagePart,
+    JobPayload,
+    Message,
+    SamplingParams,
+    TextPart,
+    decode_error,
+    decode_result,
+    encode,
+)
+from shared.serializer import MsgpackSerializer
+from tests.support.images import image_bytes
+from tests.support.procs import RedisServer
+from workers.engine import Engine
+from workers.images import ImageLoader
+from workers.rq_worker import BatchWorker
+from workers.runner import BatchRunner
+
+
+def payload(i: int, blob: str | None = None) -> JobPayload:
+    parts = ((ImagePart(blob),) if blob else ()) + (TextPart(f"job {i}"),)
+    return JobPayload(
+        id=f"job-{i}",
+        messages=(Message("user", parts),),
+        params=SamplingParams(max_new_tokens=4, min_new_tokens=4),
+        created_at=time.time(),
+    )
+
+
+def test_batch_worker_runs_one_batch_and_records_every_job(
+    engine: Engine, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    conn = redis_server.client(db=15)
+    conn.flushdb()
+    store = LocalBlobStore(tmp_path / "blobs")
+    good_blob = put_image(store, image_bytes("PNG"))
+    queue = Queue("omega.unit", connection=conn, serializer=MsgpackSerializer)
+
+    def enqueue(job_id: str, data: bytes) -> None:
+        queue.enqueue_call(func=keys.JOB_FUNC, args=(data,), job_id=job_id, result_ttl=600, failure_ttl=600)
+
+    for i in range(5):
+        enqueue(f"job-{i}", encode(payload(i, good_blob if i % 2 else None)))
+    enqueue("job-missing-blob", encode(payload(5, "0" * 64)))
+    enqueue("job-garbage", b"\x00 not a payload")
+
+    runner = BatchRunner(engine, ImageLoader(store, engine.settings), "unit-worker")
+    worker = BatchWorker([queue], connection=conn, runner=runner, max_batch_size=8, batch_timeout_ms=0)
+    calls = engine.generate_calls
+    worker.work(burst=True)
+
+    assert engine.generate_calls == calls + 1
+    finished = set(FinishedJobRegistry(queue=queue).get_job_ids())
+    failed = set(FailedJobRegistry(queue=queue).get_job_ids())
+    assert finished == {f"job-{i}" for i in range(5)}
+    assert failed == {"job-missing-blob", "job-garbage"}
+    assert StartedJobRegistry(queue=queue).get_job_ids() == []
+    assert conn.llen(queue.intermediate_queue_key) == 0 and len(queue) == 0
+
+    for i in range(5):
+        job = Job.fetch(f"job-{i}", connection=conn, serializer=MsgpackSerializer)
+        assert job.get_status() == JobStatus.FINISHED
+        result = decode_result(Result.fetch_latest(job, serializer=MsgpackSerializer).return_value)
+        assert result.completion_tokens == 4 and result.batch_size == 5 and result.worker == "unit-worker"
+    missing = Job.fetch("job-missing-blob", connection=conn, serializer=MsgpackSerializer)
+    error = decode_error(Result.fetch_latest(missing, serializer=MsgpackSerializer).exc_string)
+    assert error is not None and error.status == 404
+    garbage = Job.fetch("job-garbage", connection=conn, serializer=MsgpackSerializer)
+    error = decode_error(Result.fetch_latest(garbage, serializer=MsgpackSerializer).exc_string)
+    assert error is not None and error.status == 500 and "Traceback" not in error.message
+
+
+def test_max_batch_size_splits_batches(engine: Engine, redis_server: RedisServer, tmp_path: Path) -> None:
+    conn = redis_server.client(db=14)
+    conn.flushdb()
+    queue = Queue("omega.unit2", connection=conn, serializer=MsgpackSerializer)
+    for i in range(7):
+        queue.enqueue_call(func=keys.JOB_FUNC, args=(encode(payload(i)),), job_id=f"b-{i}")
+    runner = BatchRunner(engine, ImageLoader(LocalBlobStore(tmp_path), engine.settings), "unit-worker")
+    sizes: list[int] = []
+    worker = BatchWorker(
+        [queue], connection=conn, runner=runner, max_batch_size=3, batch_timeout_ms=0, on_batch=sizes.append
+    )
+    worker.work(burst=True)
+    assert sizes == [3, 3, 1]
+    assert len(FinishedJobRegistry(queue=queue)) == 7

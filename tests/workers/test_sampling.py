@@ -1,0 +1,63 @@
+"""RowSampler on synthetic logits: it draws from the distribution each row asks for."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from shared.contract import SamplingParams
+from workers.sampling import RowPlan, RowSampler
+
+LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
+
+
+def draws(params: SamplingParams, n: int = 3000) -> list[int]:
+    plan = RowPlan(params=params, max_new_tokens=n, seed=params.seed or 0)
+    sampler = RowSampler([plan], prompt_width=1, pad_lengths=[0], eos_ids=[4], device=torch.device("cpu"))
+    out = []
+    ids = torch.zeros((1, 1), dtype=torch.long)
+    for _ in range(n):
+        chosen = int(sampler(ids, LOGITS.clone()).argmax())
+        out.append(chosen)
+    return out
+
+
+def test_plain_sampling_matches_softmax() -> None:
+    seen = draws(SamplingParams(max_new_tokens=1, do_sample=True, temperature=1.0, top_p=1.0, seed=3))
+    probs = torch.softmax(LOGITS[0], -1).tolist()
+    for token, p in enumerate(probs):
+        freq = seen.count(token) / len(seen)
+        assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / len(seen)) + 0.005, (token, freq, p)
+
+
+def test_top_k_and_top_p_restrict_the_support() -> None:
+    assert set(draws(SamplingParams(max_new_tokens=1, do_sample=True, top_k=2, seed=1), 500)) <= {0, 1}
+    # p(0)=0.57, p(0)+p(1)=0.78: top_p 0.7 keeps exactly tokens 0 and 1.
+    assert set(draws(SamplingParams(max_new_tokens=1, do_sample=True, top_p=0.7, seed=1), 500)) == {0, 1}
+
+
+def test_temperature_zero_and_greedy_rows_take_the_argmax() -> None:
+    assert set(draws(SamplingParams(max_new_tokens=1, do_sample=True, temperature=0.0), 50)) == {0}
+    assert set(draws(SamplingParams(max_new_tokens=1, do_sample=False), 50)) == {0}
+
+
+def test_min_tokens_masks_eos() -> None:
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0, 50.0]])  # EOS (id 4) dominates
+    plan = RowPlan(params=SamplingParams(max_new_tokens=5, min_new_tokens=2), max_new_tokens=5, seed=0)
+    sampler = RowSampler([plan], prompt_width=3, pad_lengths=[0], eos_ids=[4], device=torch.device("cpu"))
+    step0 = torch.zeros((1, 3), dtype=torch.long)
+    assert int(sampler(step0, logits.clone()).argmax()) != 4
+    step2 = torch.zeros((1, 5), dtype=torch.long)
+    assert int(sampler(step2, logits.clone()).argmax()) == 4
+
+
+def test_repetition_penalty_ignores_left_padding() -> None:
+    # Token 0 appears only in the padding of row 0; it must not be penalised there.
+    params = SamplingParams(max_new_tokens=1, repetition_penalty=2.0)
+    plans = [RowPlan(params=params, max_new_tokens=1, seed=0), RowPlan(params=params, max_new_tokens=1, seed=0)]
+    sampler = RowSampler(plans, prompt_width=3, pad_lengths=[2, 0], eos_ids=[4], device=torch.device("cpu"))
+    ids = torch.tensor([[0, 0, 3], [0, 2, 3]])
+    logits = torch.tensor([[1.0, 0.9, 0.0, 0.0, 0.0], [1.0, 0.9, 0.0, 0.0, 0.0]])
+    chosen = sampler(ids, logits).argmax(-1).tolist()
+    assert chosen == [0, 1]
