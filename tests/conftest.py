@@ -80,3 +80,10 @@ def strict_api(stack: Stack) -> str:
         MAX_IMAGES_PER_REQUEST="2",
         MAX_QUEUE_SIZE="2",
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests start real processes: mark them slow (`make unit` skips them)."""
+    for item in items:
+        if "/tests/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.slow)

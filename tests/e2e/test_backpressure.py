@@ -46,3 +46,52 @@ def test_queue_full_answers_503_with_retry_after(stack: Stack, strict_api: str) 
 
 def stack_queue(stack: Stack) -> str:
     return str(httpx.get(f"{stack.url}/health").json()["workers"][0]["queue"])
+
+
+def test_request_timeout_is_504_naming_the_job_and_the_job_still_finishes(stack: Stack) -> None:
+    url = stack.start_api("short-timeout", REQUEST_TIMEOUT_S="1")
+    redis = Redis.from_url(stack.redis_url)
+    suspend(redis)
+    try:
+        # Let the worker notice the pause before the job arrives.
+        httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60)
+        r = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60)
+        error = assert_openai_error(r, 504)
+        job_id = error["message"].rsplit("job ", 1)[1]
+    finally:
+        resume(redis)
+    from rq.job import Job
+
+    from shared.serializer import MsgpackSerializer
+
+    def finished() -> bool:
+        return bool(Job.fetch(job_id, connection=redis, serializer=MsgpackSerializer).is_finished)
+
+    wait_for(finished, 30, "the timed-out job to finish anyway")
+
+
+def test_no_worker_means_503_and_not_ready(stacks) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.procs import ServiceProcess, free_port, service_env, wait_for
+
+    port = free_port()
+    env = service_env({**stacks.base_env(13, stacks.redis.directory), "PORT": str(port)})
+    api = ServiceProcess(["api"], env, stacks.redis.directory / "api-no-workers.log").start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(url), 30, "the API")
+        health = httpx.get(f"{url}/health").json()
+        assert health["ready"] is False and health["workers"] == [] and health["redis"] == "ok"
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        r = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=10)
+        assert assert_openai_error(r, 503)["code"] == "no_workers"
+        assert int(r.headers["Retry-After"]) >= 1
+        assert httpx.get(f"{url}/livez").status_code == 200
+    finally:
+        api.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/livez", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -148,3 +148,31 @@ def test_max_model_length_clamps_new_tokens(demo_model_dir) -> None:  # type: ig
     row = small.prepare(job("hello there", max_new_tokens=100, min_new_tokens=100), [])
     assert row.plan.max_new_tokens == 40 - row.prompt_tokens
     assert small.generate([row])[0].completion_tokens == 40 - row.prompt_tokens
+
+
+def test_model_card_redacts_the_source_by_default(engine: Engine, demo_model_dir) -> None:  # type: ignore[no-untyped-def]
+    from tests.workers.conftest import engine_settings
+    from workers.loader import load_model
+
+    assert engine.m.card.path is None and engine.m.card.demo
+    shown = load_model(engine_settings(demo_model_dir, REDACT_SOURCE="0"), torch.device("cpu"), lambda _: None)
+    assert shown.card.path == str(demo_model_dir)
+
+
+def test_attention_fallback_order() -> None:
+    from workers.loader import attention_candidates
+
+    cpu = torch.device("cpu")
+    assert attention_candidates("flash_attention_2", False, cpu, torch.float32) == ["sdpa", "eager"]
+    assert attention_candidates("eager", False, cpu, torch.float32) == ["eager", "sdpa"]
+    assert attention_candidates("flash_attention_2", True, cpu, torch.float32) == ["flash_attention_2"]
+
+
+def test_strict_attention_fails_start_up(demo_model_dir) -> None:  # type: ignore[no-untyped-def]
+    from tests.workers.conftest import engine_settings
+    from workers.loader import ModelLoadError, load_model
+
+    settings = engine_settings(demo_model_dir, ATTN_IMPL="flash_attention_2", ATTN_STRICT="1")
+    with pytest.raises(ModelLoadError) as err:
+        load_model(settings, torch.device("cpu"), lambda _: None)
+    assert "ATTN_STRICT" in str(err.value)

@@ -1,0 +1,37 @@
+"""`up` uses a reachable REDIS_URL, else plans a private redis-server (or says how to install one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from omega_vlm import redis_server
+from tests.support.procs import RedisServer
+
+
+def test_reachable(redis_server: RedisServer) -> None:
+    assert redis_server_reachable(redis_server.url())
+    assert not redis_server_reachable("redis://127.0.0.1:1/0")
+
+
+def redis_server_reachable(url: str) -> bool:
+    return redis_server.reachable(url, timeout_s=0.5)
+
+
+def test_private_plan_uses_append_only_persistence(tmp_path: Path) -> None:
+    argv, url = redis_server.private_redis_plan("redis://localhost:6399/2", tmp_path)
+    assert url.endswith("/2") and "--appendonly" in argv and argv[argv.index("--appendonly") + 1] == "yes"
+    assert (tmp_path / "redis").is_dir()
+
+
+def test_remote_url_is_not_replaced(tmp_path: Path) -> None:
+    with pytest.raises(redis_server.RedisUnavailable):
+        redis_server.private_redis_plan("redis://redis.example.com:6379/0", tmp_path)
+
+
+def test_missing_binary_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(redis_server.RedisUnavailable) as err:
+        redis_server.private_redis_plan("redis://127.0.0.1:6399/0", tmp_path)
+    assert "apt-get install -y redis-server" in str(err.value)
