@@ -19,6 +19,7 @@ from api.auth import require_api_key
 from api.controllers.chat import ChatController
 from api.controllers.generate import GenerateController
 from api.controllers.health import HealthController
+from api.controllers.jobs import JobsController
 from api.controllers.models import ModelsController
 from api.controllers.templates import TemplateController
 from api.errors import exception_handler
@@ -55,7 +56,14 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
 
 def create_app(settings: Settings) -> Litestar:
     return Litestar(
-        route_handlers=[ChatController, GenerateController, TemplateController, ModelsController, HealthController],
+        route_handlers=[
+            ChatController,
+            GenerateController,
+            TemplateController,
+            ModelsController,
+            JobsController,
+            HealthController,
+        ],
         exception_handlers={Exception: exception_handler},
         lifespan=[services_lifespan, _warm_template_renderer],
         state=State({"settings": settings, "started_at": time.time()}),

@@ -1,9 +1,8 @@
-"""Put a job on the least-loaded queue and wait for its outcome.
+"""Put a job on the least-loaded queue (or the batch lane) and wait for its outcome.
 
 Enqueueing goes through rq (so workers, registries and rq's tooling agree on every job); the
-wait is one blocking XREAD on rq's results stream for the job, never a sleep loop. A stored
-error from the worker is re-raised as the same ServiceError class, so the client gets the
-status and message the worker chose.
+wait is one blocking XREAD on rq's results stream for the job, never a sleep loop. Every final
+state writes an entry there (success, failure, cancellation, expiry), so one wait covers all.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
+import msgspec
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from rq.job import Job
@@ -22,16 +22,35 @@ from rq.results import Result
 
 from api.fleet_view import FleetView
 from shared import keys
-from shared.contract import JobPayload, JobResult, decode_error, decode_result, encode
-from shared.errors import GatewayTimeout, InternalError, error_from_fields
+from shared.contract import JobError, JobMeta, JobPayload, JobResult, decode_error, decode_result, encode
+from shared.errors import GatewayTimeout, ServiceError, error_from_fields
 from shared.serializer import MsgpackSerializer
 from shared.settings import Settings
+
+Outcome = JobResult | JobError
 
 
 @dataclass(frozen=True)
 class Submitted:
     job_id: str
-    queue: str
+    queue: str | None  # None while the job waits in the batch lane
+
+
+def parse_result(job_id: str, entry_id: str, fields: dict[Any, Any]) -> Outcome | None:
+    """A results-stream entry as our outcome; None for an entry that is not final (a retry)."""
+    result = Result.restore(job_id, entry_id, fields, connection=None, serializer=MsgpackSerializer)
+    if result.type == Result.Type.SUCCESSFUL:
+        return decode_result(result.return_value)
+    if result.type == Result.Type.RETRIED:
+        return None
+    error = decode_error(result.exc_string or "")
+    return error or JobError(
+        status=500, type="server_error", message=f"the job failed (job {job_id})", code="job_failed"
+    )
+
+
+def raise_for(error: JobError) -> ServiceError:
+    return error_from_fields(error.status, error.message, error.param, error.code)
 
 
 class Dispatcher:
@@ -47,70 +66,73 @@ class Dispatcher:
         # for one API process (and within a handful of jobs across replicas).
         self._admission = asyncio.Lock()
 
-    def _enqueue(self, queue_name: str, payload: JobPayload, timeout_s: int) -> None:
-        queue = Queue(queue_name, connection=self.sync_redis, serializer=MsgpackSerializer)
-        queue.enqueue_call(
+    def new_job(self, payload: JobPayload, meta: JobMeta, ttl_s: int) -> Job:
+        return Job.create(
             func=keys.JOB_FUNC,
             args=(encode(payload),),
-            job_id=payload.id,
-            timeout=timeout_s,
-            result_ttl=self.settings.result_ttl_s,
-            failure_ttl=self.settings.result_ttl_s,
+            id=payload.id,
+            connection=self.sync_redis,
+            serializer=MsgpackSerializer,
+            timeout=int(self.settings.request_timeout_s) + 60,
+            result_ttl=ttl_s,
+            failure_ttl=ttl_s,
+            meta=msgspec.to_builtins(meta),
             description=f"{payload.kind} job",
         )
 
-    async def submit(self, payload: JobPayload) -> Submitted:
-        """Enqueue on the least-loaded live queue, or raise Overloaded / ServiceUnavailable."""
-        timeout_s = int(self.settings.request_timeout_s) + 60
+    def _enqueue(self, queue_name: str, job: Job) -> None:
+        Queue(queue_name, connection=self.sync_redis, serializer=MsgpackSerializer).enqueue_job(job)
+
+    def _to_lane(self, job: Job) -> None:
+        with self.sync_redis.pipeline() as pipe:
+            job.save(pipeline=pipe)
+            pipe.rpush(keys.BATCH_LANE, job.id)
+            pipe.execute()
+
+    async def submit(self, payload: JobPayload, meta: JobMeta, ttl_s: int) -> Submitted:
+        """Interactive work: the least-loaded live queue, or Overloaded / ServiceUnavailable.
+        Batch work: the lane, which the feeder drains into queues as they have room."""
+        job = self.new_job(payload, meta, ttl_s)
+        if meta.priority == "batch":
+            await anyio.to_thread.run_sync(self._to_lane, job)
+            return Submitted(payload.id, None)
         async with self._admission:
             target = await self.fleet.choose()
-            await anyio.to_thread.run_sync(self._enqueue, target.worker.queue, payload, timeout_s)
+            await anyio.to_thread.run_sync(self._enqueue, target.worker.queue, job)
         return Submitted(payload.id, target.worker.queue)
 
-    async def wait(self, job_id: str, timeout_s: float) -> JobResult:
-        """The job's result; its stored error re-raised; GatewayTimeout after `timeout_s`."""
+    async def next_outcome(self, job_id: str, timeout_s: float, after: str = "0-0") -> tuple[Outcome | None, str]:
+        """The job's final outcome, waiting up to `timeout_s`; (None, last id) on timeout."""
         stream = keys.rq_results_key(job_id)
         deadline = time.monotonic() + timeout_s
-        last_id = "0-0"
+        last_id = after
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise GatewayTimeout(
-                    f"the job did not finish within {timeout_s:g} s; it keeps running as job {job_id}",
-                    param=None,
-                    code="timeout",
-                )
-            block_ms = max(1, int(left * 1000))
+                return None, last_id
             # wait_for guards against a Redis that stops answering without closing the socket.
-            reply: Any = await asyncio.wait_for(self.blocking_redis.xread({stream: last_id}, block=block_ms), left + 5)
-            if not reply:
-                continue
-            for entry_id, fields in reply[0][1]:
+            reply: Any = await asyncio.wait_for(
+                self.blocking_redis.xread({stream: last_id}, block=max(1, int(left * 1000))), left + 5
+            )
+            for entry_id, fields in reply[0][1] if reply else []:
                 last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                outcome = self._outcome(job_id, last_id, fields)
+                outcome = parse_result(job_id, last_id, fields)
                 if outcome is not None:
-                    return outcome
+                    return outcome, last_id
 
-    def _outcome(self, job_id: str, entry_id: str, fields: dict[bytes, bytes]) -> JobResult | None:
-        result = Result.restore(job_id, entry_id, fields, connection=None, serializer=MsgpackSerializer)
-        if result.type == Result.Type.SUCCESSFUL:
-            return decode_result(result.return_value)
-        if result.type == Result.Type.RETRIED:
-            return None  # the job went back to a queue; keep waiting for its next outcome
-        error = decode_error(result.exc_string or "")
-        if error is None:
-            raise InternalError(f"the job failed (job {job_id})", code="job_failed")
-        raise error_from_fields(error.status, error.message, error.param, error.code)
+    async def wait(self, job_id: str, timeout_s: float) -> JobResult:
+        """The job's result; its stored error re-raised; GatewayTimeout after `timeout_s`."""
+        outcome, _ = await self.next_outcome(job_id, timeout_s)
+        if outcome is None:
+            raise GatewayTimeout(
+                f"the job did not finish within {timeout_s:g} s; it keeps running: poll "
+                f"GET /v1/jobs/{job_id} for its result"
+            )
+        if isinstance(outcome, JobError):
+            raise raise_for(outcome)
+        return outcome
 
-    async def cancel_if_queued(self, job_id: str, queue_name: str) -> None:
-        """Drop a job a client gave up on, if no worker has taken it yet."""
-        removed = await self.redis.lrem(keys.rq_queue_key(queue_name), 1, job_id)
-        if removed:
-            await anyio.to_thread.run_sync(self._mark_canceled, job_id)
-
-    def _mark_canceled(self, job_id: str) -> None:
-        try:
-            job = Job.fetch(job_id, connection=self.sync_redis, serializer=MsgpackSerializer)
-            job.cancel()
-        except Exception:  # already gone: nothing to cancel
-            return
+    async def run(self, payload: JobPayload, meta: JobMeta) -> JobResult:
+        """The synchronous path: submit, then wait up to REQUEST_TIMEOUT_S."""
+        await self.submit(payload, meta, self.settings.result_ttl_s)
+        return await self.wait(payload.id, self.settings.request_timeout_s)

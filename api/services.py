@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,8 +13,10 @@ from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from api.dispatch import Dispatcher
+from api.feeder import LaneFeeder
 from api.fleet_view import FleetView
 from api.image_intake import ImageIntake
+from api.jobs import JobService
 from api.remote_fetch import RemoteImageFetcher
 from shared.blobstore import BlobStore, create_blob_store
 from shared.settings import Settings
@@ -27,6 +30,7 @@ class Services:
     fleet: FleetView
     intake: ImageIntake
     dispatcher: Dispatcher
+    jobs: JobService
 
 
 def _redis(settings: Settings, *, blocking: bool) -> Redis:
@@ -51,17 +55,26 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     fetcher = RemoteImageFetcher(settings)
     store = create_blob_store(settings)
     fleet = FleetView(redis, settings)
+    dispatcher = Dispatcher(settings, redis, blocking, sync_redis, fleet)
+    jobs = JobService(settings, redis, sync_redis, fleet, dispatcher)
     app.state.services = Services(
         settings=settings,
         redis=redis,
         blob_store=store,
         fleet=fleet,
         intake=ImageIntake(settings, store, fetcher),
-        dispatcher=Dispatcher(settings, redis, blocking, sync_redis, fleet),
+        dispatcher=dispatcher,
+        jobs=jobs,
     )
+    # Background loops every API process runs; each takes a Redis lock for its work, so any
+    # number of API replicas cooperate and one dying is replaced by another.
+    tasks = [asyncio.create_task(LaneFeeder(settings, redis, sync_redis, fleet, jobs).run(), name="feeder")]
     try:
         yield
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await fetcher.close()
         await redis.aclose()
         await blocking.aclose()

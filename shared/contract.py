@@ -51,6 +51,11 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
 
 
 JobKind = Literal["chat", "generate"]
+Priority = Literal["interactive", "batch"]
+
+# Error codes that are final states of their own rather than failures (see api.jobs).
+CANCELED = "job_canceled"
+EXPIRED = "job_expired"
 
 
 class JobPayload(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,6 +67,9 @@ class JobPayload(msgspec.Struct, frozen=True, kw_only=True):
     prompt: str | None = None
     params: SamplingParams
     created_at: float
+    # A job not started by this unix time is never run; it ends "expired".
+    expires_at: float | None = None
+    batch_id: str | None = None
 
     @property
     def image_blobs(self) -> tuple[str, ...]:
@@ -94,6 +102,30 @@ class JobError(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     param: str | None = None
     code: str | None = None
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def canceled_error(job_id: str, running: bool) -> JobError:
+    where = "while it was running" if running else "before it started"
+    return JobError(status=409, type="canceled_error", message=f"job {job_id} was canceled {where}", code=CANCELED)
+
+
+def expired_error(job_id: str) -> JobError:
+    return JobError(status=408, type="expired_error", message=f"job {job_id} expired before it started", code=EXPIRED)
+
+
+class JobMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """What the API remembers about a job beside its payload (stored in rq's job meta)."""
+
+    model: str
+    created_at: float
+    priority: Priority = "interactive"
+    expires_at: float | None = None
+    batch_id: str | None = None
+    custom_id: str | None = None
+    metadata: dict[str, str] = {}
 
 
 def encode(value: msgspec.Struct) -> bytes:

@@ -42,3 +42,53 @@ def rq_results_key(job_id: str) -> str:
 
 def stat_counter(name: str) -> str:
     return f"{PREFIX}:stats:{name}"
+
+
+# --- jobs ---------------------------------------------------------------------------------
+# List of job ids of batch-priority work not yet on a worker queue (fed by api.feeder).
+BATCH_LANE = f"{PREFIX}:lane:batch"
+# Ids the feeder has taken from the lane but not yet enqueued (recovered after a crash).
+BATCH_LANE_FEEDING = f"{PREFIX}:lane:batch:feeding"
+FEEDER_LOCK = f"{PREFIX}:lock:feeder"
+# Set of job ids whose cancellation was requested while they may be running.
+CANCEL_REQUESTS = f"{PREFIX}:cancel"
+
+
+def idempotency(key_digest: str) -> str:
+    return f"{PREFIX}:idempotency:{key_digest}"
+
+
+# --- files and batches --------------------------------------------------------------------
+FILES_INDEX = f"{PREFIX}:files"  # sorted set: file id -> created_at
+BATCHES_INDEX = f"{PREFIX}:batches"  # sorted set: batch id -> created_at
+BATCHES_ACTIVE = f"{PREFIX}:batches:active"  # sorted set of batches not yet final
+
+
+def file_record(file_id: str) -> str:
+    return f"{PREFIX}:file:{file_id}"
+
+
+def file_blob(file_id: str) -> str:
+    """Blob-store key of a file's bytes."""
+    return f"files/{file_id}"
+
+
+def batch_record(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_items(batch_id: str) -> str:
+    """List, in input order: job ids, or `!<n>` for the n-th entry of the batch's line errors."""
+    return f"{PREFIX}:batch:{batch_id}:items"
+
+
+def batch_line_errors(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:line-errors"
+
+
+def batch_custom_ids(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:custom-ids"
+
+
+def batch_lock(batch_id: str) -> str:
+    return f"{PREFIX}:lock:batch:{batch_id}"

@@ -107,6 +107,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     result_ttl_s: PositiveInt = 3600
+    # Submit-and-poll jobs and batch items: how long results stay retrievable (then 404).
+    job_result_ttl_s: PositiveInt = 86400
+    job_wait_max_s: Annotated[float, Meta(ge=0, le=3600)] = 60.0
+    cancel_wait_s: Annotated[float, Meta(ge=0, le=600)] = 5.0
+    # Batch-priority jobs waiting on one worker queue at most: interactive requests never wait
+    # behind more than this much batch work. 0 = twice the worker's batch capacity.
+    batch_queue_depth: NonNegInt = 0
+    max_file_bytes: PositiveInt = 200 * 1024 * 1024
+    max_batch_lines: PositiveInt = 50_000
+    # Batch lines turned into queued jobs ahead of the ones finishing (bounds memory and Redis).
+    batch_expand_ahead: PositiveInt = 256
     worker_heartbeat_s: PositiveFloat = 2.0
     worker_ttl_s: PositiveFloat = 10.0
 

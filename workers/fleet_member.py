@@ -47,6 +47,13 @@ class FleetMember:
             self.info = msgspec.structs.replace(self.info, **changes)
         self.beat()
 
+    def record_batch(self, seconds: float) -> None:
+        """Fold one batch's wall time into the moving average the API's wait estimates use."""
+        with self._lock:
+            old = self.info.avg_batch_seconds
+            avg = seconds if old == 0 else 0.8 * old + 0.2 * seconds
+            self.info = msgspec.structs.replace(self.info, avg_batch_seconds=round(avg, 4))
+
     def beat(self) -> None:
         now = time.time()
         with self._lock:

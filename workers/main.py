@@ -106,6 +106,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         default_result_ttl=settings.result_ttl_s,
         worker_ttl=max(30, int(settings.worker_ttl_s * 3)),
         job_monitoring_interval=max(5, int(settings.worker_heartbeat_s * 2)),
+        on_batch=lambda _size, seconds: member.record_batch(seconds),
     )
     member.on_beat = worker.maintain_running_heartbeats
     member.update(state="ready", model=loaded.card)

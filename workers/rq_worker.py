@@ -24,7 +24,8 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.worker import SimpleWorker, WorkerStatus
 
-from shared.contract import JobError, JobResult, decode_payload, encode, encode_error
+from shared import keys
+from shared.contract import CANCELED, EXPIRED, JobError, JobResult, decode_payload, encode, encode_error
 from shared.serializer import MsgpackSerializer
 from workers.runner import BatchItem, BatchRunner, job_error
 
@@ -35,6 +36,7 @@ log = logging.getLogger("omega.worker.rq")
 class Running:
     job: Job
     execution: Execution
+    batch_id: str | None = None  # the OpenAI batch this job belongs to, for its live counts
 
 
 class BatchWorker(SimpleWorker):
@@ -49,7 +51,7 @@ class BatchWorker(SimpleWorker):
         runner: BatchRunner,
         max_batch_size: int,
         batch_timeout_ms: float,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("serializer", MsgpackSerializer)
@@ -101,20 +103,43 @@ class BatchWorker(SimpleWorker):
         job, execution = running.job, running.execution
         if isinstance(outcome, JobResult):
             self._finalize_success(job, queue, execution, encode(outcome))
-            return
-        job._status = JobStatus.FAILED
-        self.handle_execution_ended(job, queue, job.failure_callback_timeout)
-        self.handle_job_failure(job, queue, exc_string=encode_error(outcome), execution=execution)
+        else:
+            job._status = JobStatus.FAILED
+            self.handle_execution_ended(job, queue, job.failure_callback_timeout)
+            self.handle_job_failure(job, queue, exc_string=encode_error(outcome), execution=execution)
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.zrem(keys.CANCEL_REQUESTS, job.id)
+            if running.batch_id is not None:
+                counted = (
+                    "completed"
+                    if isinstance(outcome, JobResult)
+                    else (None if outcome.code in (CANCELED, EXPIRED) else "failed")
+                )
+                if counted:
+                    pipe.hincrby(keys.batch_record(running.batch_id), counted, 1)
+            pipe.execute()
 
     def maintain_running_heartbeats(self) -> None:
-        """Called from the heartbeat thread: keeps long generations out of rq's abandoned-job cleanup."""
+        """Called from the heartbeat thread: keeps long generations out of rq's abandoned-job
+        cleanup, and passes on cancellations the API asked for."""
         with self._running_lock:
             running = list(self.running)
+        if not running:
+            return
         for item in running:
             try:
                 self.maintain_heartbeats(item.job, item.execution)
             except Exception:  # a heartbeat must never kill the worker
                 log.debug("heartbeat for job %s failed", item.job.id, exc_info=True)
+        ids = [item.job.id for item in running]
+        try:
+            scores = self.connection.zmscore(keys.CANCEL_REQUESTS, ids)
+        except Exception:
+            log.debug("could not read cancellation requests", exc_info=True)
+            return
+        canceled = [job_id for job_id, score in zip(ids, scores, strict=True) if score is not None]
+        if canceled:
+            self.runner.request_cancel(canceled)
 
     # --- rq's unit of work -----------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -130,8 +155,10 @@ class BatchWorker(SimpleWorker):
                     payload = decode_payload(item.job.args[0])
                     enqueued = item.job.enqueued_at.timestamp() if item.job.enqueued_at else time.time()
                     items.append((index, BatchItem(payload, enqueued)))
+                    item.batch_id = payload.batch_id
                 except Exception as exc:  # a job this worker cannot even read fails alone
                     outcomes[index] = job_error(exc, item.job.id)
+            began = time.perf_counter()
             try:
                 results = self.runner.run([b for _, b in items]) if items else []
             except Exception as exc:  # the runner isolates failures; this is a last line of defence
@@ -144,7 +171,7 @@ class BatchWorker(SimpleWorker):
                 except Exception:
                     log.exception("could not record the outcome of job %s", item.job.id)
             if self.on_batch:
-                self.on_batch(len(items))
+                self.on_batch(len(items), time.perf_counter() - began)
         finally:
             with self._running_lock:
                 self.running = []

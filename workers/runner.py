@@ -9,6 +9,7 @@ only the row that really fails is failed.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from shared.contract import JobError, JobPayload, JobResult
+from shared.contract import JobError, JobPayload, JobResult, canceled_error, expired_error
 from shared.errors import ServiceError
 from workers.batch import PreparedRow
 from workers.engine import Engine, RowOutput
 from workers.images import ImageLoader
+from workers.sampling import RowPlan
 
 log = logging.getLogger("omega.worker.runner")
 
@@ -51,6 +53,9 @@ class BatchRunner:
         self.engine = engine
         self.images = images
         self.worker_name = worker_name
+        self._lock = threading.Lock()
+        self._canceled: set[str] = set()
+        self._active: dict[str, RowPlan] = {}
 
     def _prepare(self, items: Sequence[BatchItem]) -> tuple[list[PreparedRow | None], dict[int, Outcome]]:
         loaded = self.images.load_many(d for item in items for d in item.payload.image_blobs)
@@ -81,30 +86,71 @@ class BatchRunner:
                 torch.cuda.empty_cache()
             return [out for row in rows for out in self._generate([row])]
 
+    # --- cancellation (called from the heartbeat thread) -----------------------------------
+    def request_cancel(self, job_ids: Sequence[str]) -> None:
+        """Stop these jobs: rows not started yet never run, running rows end at the next step."""
+        with self._lock:
+            self._canceled.update(job_ids)
+            for job_id in job_ids:
+                plan = self._active.get(job_id)
+                if plan is not None:
+                    plan.cancel_requested = True
+
+    def _is_canceled(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._canceled
+
+    def _screen(self, items: Sequence[BatchItem]) -> dict[int, Outcome]:
+        """Outcomes of jobs that must not run: past their deadline, or canceled already."""
+        now = time.time()
+        out: dict[int, Outcome] = {}
+        for index, item in enumerate(items):
+            job = item.payload
+            if job.expires_at is not None and now > job.expires_at:
+                out[index] = expired_error(job.id)
+            elif self._is_canceled(job.id):
+                out[index] = canceled_error(job.id, running=False)
+        return out
+
     def run(self, items: Sequence[BatchItem]) -> list[Outcome]:
         started = time.time()
-        rows, outcomes = self._prepare(items)
-        ready = [(i, row) for i, row in enumerate(rows) if row is not None]
+        outcomes = self._screen(items)
+        live = [i for i in range(len(items)) if i not in outcomes]
+        rows, failures = self._prepare([items[i] for i in live])
+        outcomes.update({live[k]: v for k, v in failures.items()})
+        ready = [(live[k], row) for k, row in enumerate(rows) if row is not None]
+        with self._lock:
+            for _, row in ready:
+                self._active[row.job.id] = row.plan
+                row.plan.cancel_requested = row.job.id in self._canceled
         batch_id = uuid.uuid4().hex[:12]
         t0 = time.perf_counter()
-        outputs = self._generate([row for _, row in ready]) if ready else []
+        try:
+            outputs = self._generate([row for _, row in ready]) if ready else []
+        finally:
+            with self._lock:
+                for _, row in ready:
+                    self._active.pop(row.job.id, None)
+                self._canceled.difference_update(item.payload.id for item in items)
         elapsed = time.perf_counter() - t0
-        for (index, _row), output in zip(ready, outputs, strict=True):
+        for (index, row), output in zip(ready, outputs, strict=True):
             if isinstance(output, JobError):
                 outcomes[index] = output
-                continue
-            outcomes[index] = JobResult(
-                text=output.text,
-                finish_reason=output.finish_reason,
-                prompt_tokens=output.prompt_tokens,
-                completion_tokens=output.completion_tokens,
-                truncated_prompt_tokens=output.truncated_prompt_tokens,
-                queue_seconds=max(0.0, started - items[index].enqueued_at),
-                generation_seconds=elapsed,
-                first_token_seconds=output.first_token_seconds,
-                batch_id=batch_id,
-                batch_size=len(ready),
-                worker=self.worker_name,
-                seed=output.seed,
-            )
+            elif row.plan.cancel_step is not None:
+                outcomes[index] = canceled_error(row.job.id, running=True)
+            else:
+                outcomes[index] = JobResult(
+                    text=output.text,
+                    finish_reason=output.finish_reason,
+                    prompt_tokens=output.prompt_tokens,
+                    completion_tokens=output.completion_tokens,
+                    truncated_prompt_tokens=output.truncated_prompt_tokens,
+                    queue_seconds=max(0.0, started - items[index].enqueued_at),
+                    generation_seconds=elapsed,
+                    first_token_seconds=output.first_token_seconds,
+                    batch_id=batch_id,
+                    batch_size=len(ready),
+                    worker=self.worker_name,
+                    seed=output.seed,
+                )
         return [outcomes[i] for i in range(len(items))]

@@ -28,6 +28,8 @@ class RowPlan:
     max_new_tokens: int  # after the MAX_MODEL_LENGTH clamp
     seed: int
     stop_step: int | None = None  # generated-token count at which a stop string matched
+    cancel_requested: bool = False  # set from another thread; the stopper ends the row
+    cancel_step: int | None = None  # generated-token count at which the row was stopped for it
     first_token_at: float | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
 
@@ -159,6 +161,13 @@ class RowStopper(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
         step = input_ids.shape[1] - self.prompt_width
         done = step >= self.limits
+        canceled = [i for i, p in enumerate(self.plans) if p.cancel_requested]
+        if canceled:
+            done = done.clone()
+            for i in canceled:
+                if self.plans[i].cancel_step is None:
+                    self.plans[i].cancel_step = step
+                done[i] = True
         if self.stop_rows and step > 0:
             tails = input_ids[self.stop_rows, -min(step, max(self.windows.values())) :].tolist()
             for row, tail in zip(self.stop_rows, tails, strict=True):

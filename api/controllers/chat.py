@@ -13,7 +13,7 @@ from api.convert import chat_params, check_model, image_refs, job_messages, refu
 from api.protocol import ChatCompletion, ChatCompletionRequest, Choice, ResponseMessage, ServiceInfo, Usage
 from api.request_log import log_success
 from api.services import Services, get_services
-from shared.contract import JobPayload, JobResult
+from shared.contract import JobMeta, JobPayload, JobResult
 
 
 def completion(job_id: str, model: str, result: JobResult, latency_s: float) -> ChatCompletion:
@@ -47,7 +47,9 @@ def completion(job_id: str, model: str, result: JobResult, latency_s: float) -> 
     )
 
 
-async def chat_payload(data: ChatCompletionRequest, svc: Services) -> tuple[JobPayload, str]:
+async def chat_payload(
+    data: ChatCompletionRequest, svc: Services, *, check_capacity: bool = True, expires_after: float | None = None
+) -> tuple[JobPayload, str]:
     """Validate, store the images, and build the job; nothing is enqueued here."""
     settings = svc.settings
     model = check_model(data.model, settings)
@@ -55,14 +57,17 @@ async def chat_payload(data: ChatCompletionRequest, svc: Services) -> tuple[JobP
     params = chat_params(data, settings)
     refs = image_refs(data.messages)
     svc.intake.check_refs(refs)
-    await svc.fleet.choose()  # full or no workers: refuse before fetching and storing anything
+    if check_capacity:
+        await svc.fleet.choose()  # full or no workers: refuse before fetching and storing anything
     digests = await svc.intake.store_all(refs)
+    now = time.time()
     payload = JobPayload(
         id=uuid.uuid4().hex,
         kind="chat",
         messages=job_messages(data.messages, digests),
         params=params,
-        created_at=time.time(),
+        created_at=now,
+        expires_at=now + expires_after if expires_after is not None else None,
     )
     return payload, model
 
@@ -77,8 +82,7 @@ class ChatController(Controller):
     async def create(self, data: ChatCompletionRequest, svc: Services) -> ChatCompletion:
         started = time.perf_counter()
         payload, model = await chat_payload(data, svc)
-        await svc.dispatcher.submit(payload)
-        result = await svc.dispatcher.wait(payload.id, svc.settings.request_timeout_s)
+        result = await svc.dispatcher.run(payload, JobMeta(model=model, created_at=payload.created_at))
         latency = time.perf_counter() - started
         log_success("chat", payload.id, latency, model, result, payload.params)
         return completion(payload.id, model, result, latency)

@@ -13,7 +13,7 @@ from api.convert import generate_params
 from api.protocol import GenerateDetails, GenerateRequest, GenerateResponse
 from api.request_log import log_success
 from api.services import Services, get_services
-from shared.contract import JobPayload
+from shared.contract import JobMeta, JobPayload
 
 
 class GenerateController(Controller):
@@ -29,8 +29,8 @@ class GenerateController(Controller):
         payload = JobPayload(
             id=uuid.uuid4().hex, kind="generate", prompt=data.inputs, params=params, created_at=time.time()
         )
-        await svc.dispatcher.submit(payload)
-        result = await svc.dispatcher.wait(payload.id, svc.settings.request_timeout_s)
+        meta = JobMeta(model=svc.settings.model_name, created_at=payload.created_at)
+        result = await svc.dispatcher.run(payload, meta)
         log_success("generate", payload.id, time.perf_counter() - started, svc.settings.model_name, result, params)
         text = data.inputs + result.text if data.parameters and data.parameters.return_full_text else result.text
         details = None

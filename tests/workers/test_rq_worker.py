@@ -94,7 +94,12 @@ def test_max_batch_size_splits_batches(engine: Engine, redis_server: RedisServer
     runner = BatchRunner(engine, ImageLoader(LocalBlobStore(tmp_path), engine.settings), "unit-worker")
     sizes: list[int] = []
     worker = BatchWorker(
-        [queue], connection=conn, runner=runner, max_batch_size=3, batch_timeout_ms=0, on_batch=sizes.append
+        [queue],
+        connection=conn,
+        runner=runner,
+        max_batch_size=3,
+        batch_timeout_ms=0,
+        on_batch=lambda size, _s: sizes.append(size),
     )
     worker.work(burst=True)
     assert sizes == [3, 3, 1]

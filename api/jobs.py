@@ -1,0 +1,249 @@
+"""Submit-and-poll jobs: what state a job is in, where it waits, and how it is canceled or expires.
+
+A job's state is read from rq (its status and meta) and from its results stream (the outcome);
+nothing is stored twice. Canceled and expired are final states of their own: they are written as
+results with a distinctive error code, so a waiter on the results stream wakes for them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio.to_thread
+import msgspec
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry, FailedJobRegistry
+from rq.results import Result
+
+from api.dispatch import Dispatcher, Outcome, parse_result
+from api.fleet_view import FleetView
+from shared import keys
+from shared.contract import CANCELED, EXPIRED, JobError, JobMeta, JobResult, canceled_error, encode_error, expired_error
+from shared.errors import Conflict, NotFound
+from shared.serializer import MsgpackSerializer
+from shared.settings import Settings
+
+Status = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+Cancellation = Literal["canceled_before_start", "stopped_while_running", "finished_before_cancel", "cancel_requested"]
+FINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "expired"})
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    id: str
+    rq_status: str | None
+    meta: JobMeta
+    origin: str | None  # the worker queue once enqueued; None while in the batch lane
+    started_at: float | None
+    ended_at: float | None
+    outcome: Outcome | None
+    last_result_id: str  # results-stream position: wait for entries after this one
+
+    @property
+    def status(self) -> Status:
+        outcome = self.outcome
+        if isinstance(outcome, JobResult):
+            return "succeeded"
+        if isinstance(outcome, JobError):
+            return {CANCELED: "canceled", EXPIRED: "expired"}.get(outcome.code or "", "failed")  # type: ignore[return-value]
+        if self.rq_status in (JobStatus.CANCELED, JobStatus.STOPPED):
+            return "canceled"
+        if self.rq_status == JobStatus.STARTED:
+            return "running"
+        if self.rq_status == JobStatus.FAILED:
+            return "failed"
+        return "queued"
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def past_deadline(self) -> bool:
+        return self.status == "queued" and self.meta.expires_at is not None and time.time() > self.meta.expires_at
+
+
+def _ts(value: object) -> float | None:
+    return value.timestamp() if value is not None else None  # type: ignore[attr-defined]
+
+
+class JobService:
+    def __init__(
+        self, settings: Settings, redis: Redis, sync_redis: SyncRedis, fleet: FleetView, dispatcher: Dispatcher
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.sync_redis = sync_redis
+        self.fleet = fleet
+        self.dispatcher = dispatcher
+
+    # --- reading ---------------------------------------------------------------------------
+    def _fetch(self, job_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id, connection=self.sync_redis, serializer=MsgpackSerializer)
+        except NoSuchJobError:
+            return None
+
+    def _read(self, job_id: str) -> JobSnapshot | None:
+        job = self._fetch(job_id)
+        if job is None:
+            return None
+        latest = self.sync_redis.xrevrange(keys.rq_results_key(job_id), "+", "-", count=1)
+        outcome, last_id = None, "0-0"
+        if latest:
+            entry_id, fields = latest[0]
+            fields = fields or {}
+            last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            outcome = parse_result(job_id, last_id, fields)
+        try:
+            meta = msgspec.convert(job.meta, JobMeta)
+        except (msgspec.ValidationError, TypeError):
+            meta = JobMeta(model=self.settings.model_name, created_at=_ts(job.created_at) or time.time())
+        status = job.get_status(refresh=False)
+        return JobSnapshot(
+            job_id,
+            status.value if status is not None else None,
+            meta,
+            job.origin or None,
+            _ts(job.started_at),
+            _ts(job.ended_at),
+            outcome,
+            last_id,
+        )
+
+    async def snapshot(self, job_id: str) -> JobSnapshot:
+        """The job's current state (expiring it first if its deadline passed), or 404."""
+        snap = await anyio.to_thread.run_sync(self._read, job_id)
+        if snap is None:
+            raise NotFound(
+                f"job {job_id} not found (results are kept for JOB_RESULT_TTL_S={self.settings.job_result_ttl_s} s)",
+                param="job_id",
+                code="job_not_found",
+            )
+        if snap.past_deadline and await self._take_out_of_line(snap):
+            await anyio.to_thread.run_sync(self.finalize_unrun, job_id, expired_error(job_id))
+            return await self.snapshot(job_id)
+        return snap
+
+    async def wait(self, job_id: str, timeout_s: float) -> JobSnapshot:
+        """The snapshot once the job is final, or after `timeout_s` (waiting on Redis, not polling)."""
+        snap = await self.snapshot(job_id)
+        deadline = time.monotonic() + timeout_s
+        while not snap.final and (left := deadline - time.monotonic()) > 0:
+            if snap.status == "queued" and snap.meta.expires_at is not None:
+                # Wake at the job's own deadline too: nothing else writes to its stream then.
+                left = min(left, max(0.0, snap.meta.expires_at - time.time()) + 0.05)
+            await self.dispatcher.next_outcome(job_id, left, after=snap.last_result_id)
+            snap = await self.snapshot(job_id)
+        return snap
+
+    async def position(self, snap: JobSnapshot) -> tuple[int | None, float | None]:
+        """1-based place in line and a rough wait in seconds, for a queued job."""
+        if snap.status != "queued":
+            return None, None
+        workers = await self.fleet.live_workers()
+        if snap.origin:
+            index: Any = await self.redis.lpos(keys.rq_queue_key(snap.origin), snap.id)
+            if index is None:
+                return None, None
+            mine = [w for w in workers if w.queue == snap.origin]
+            capacity = mine[0].capacity if mine else self.settings.max_batch_size
+            per_batch = mine[0].avg_batch_seconds if mine else 0.0
+            position = int(index) + 1
+        else:
+            index = await self.redis.lpos(keys.BATCH_LANE, snap.id)
+            if index is None:
+                return None, None
+            loads = await self.fleet.loads(workers)
+            position = sum(q.waiting for q in loads) + int(index) + 1
+            capacity = sum(w.capacity for w in workers) or self.settings.max_batch_size
+            per_batch = max((w.avg_batch_seconds for w in workers), default=0.0)
+        return position, round(math.ceil(position / capacity) * per_batch, 3)
+
+    # --- changing ----------------------------------------------------------------------------
+    async def _take_out_of_line(self, snap: JobSnapshot) -> bool:
+        """Remove a queued job from its queue or the lane; False if a worker took it first."""
+        key = keys.rq_queue_key(snap.origin) if snap.origin else keys.BATCH_LANE
+        return bool(await self.redis.lrem(key, 1, snap.id))
+
+    def finalize_unrun(self, job_id: str, error: JobError) -> None:
+        """Final state for a job that never ran: registry, status and a results-stream entry."""
+        job = self._fetch(job_id)
+        if job is None:
+            return
+        ttl = job.failure_ttl or self.settings.job_result_ttl_s
+        canceled = error.code == CANCELED
+        with self.sync_redis.pipeline() as pipe:
+            job.set_status(JobStatus.CANCELED if canceled else JobStatus.FAILED, pipeline=pipe)
+            if job.origin:
+                registry = CanceledJobRegistry if canceled else FailedJobRegistry
+                registry(job.origin, connection=self.sync_redis, serializer=MsgpackSerializer).add(
+                    job, ttl, pipeline=pipe
+                )
+            Result.create(
+                job,
+                Result.Type.STOPPED if canceled else Result.Type.FAILED,
+                ttl,
+                exc_string=encode_error(error),
+                pipeline=pipe,
+            )
+            pipe.expire(job.key, ttl)
+            pipe.execute()
+
+    async def cancel(self, job_id: str) -> tuple[JobSnapshot, Cancellation]:
+        snap = await self.snapshot(job_id)
+        if snap.final:
+            raise Conflict(f"job {job_id} is already {snap.status}", param="job_id", code="job_already_final")
+        if snap.status == "queued" and await self._take_out_of_line(snap):
+            await anyio.to_thread.run_sync(self.finalize_unrun, job_id, canceled_error(job_id, running=False))
+            return await self.snapshot(job_id), "canceled_before_start"
+        # Running (or taken by a worker just now): the worker sees the request at its next
+        # heartbeat and stops the row at the next decoding step.
+        now = time.time()
+        await self.redis.zadd(keys.CANCEL_REQUESTS, {job_id: now})
+        await self.redis.zremrangebyscore(keys.CANCEL_REQUESTS, "-inf", now - 86400)
+        snap = await self.wait(job_id, self.settings.cancel_wait_s)
+        if snap.status == "canceled":
+            return snap, "stopped_while_running"
+        if snap.final:
+            return snap, "finished_before_cancel"
+        return snap, "cancel_requested"
+
+    # --- idempotency -------------------------------------------------------------------------
+    async def idempotent(self, key: str, request_digest: str, create: Callable[[], Awaitable[str]]) -> tuple[str, bool]:
+        """(job id, created): the same key and request give the same job; another request, 409."""
+        slot = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
+        ttl = self.settings.job_result_ttl_s
+        if await self.redis.set(slot, f"pending:{request_digest}", nx=True, ex=ttl):
+            try:
+                job_id = await create()
+            except BaseException:
+                await self.redis.delete(slot)
+                raise
+            await self.redis.set(slot, f"{request_digest}:{job_id}", ex=ttl)
+            return job_id, True
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            raw = await self.redis.get(slot)
+            value = raw.decode() if isinstance(raw, bytes) else (raw or "")
+            digest, _, job_id = value.partition(":")
+            if digest != "pending":
+                if not value:  # the first request failed and released the key: try again
+                    return await self.idempotent(key, request_digest, create)
+                if digest != request_digest:
+                    raise Conflict(
+                        "this Idempotency-Key was used with a different request",
+                        param="Idempotency-Key",
+                        code="idempotency_key_reused",
+                    )
+                return job_id, False
+            await anyio.sleep(0.05)  # the first request with this key is still storing its images
+        raise Conflict("a request with this Idempotency-Key is still being accepted; retry", code="idempotency_pending")
