@@ -16,7 +16,9 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, Swagge
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import require_api_key
+from api.controllers.batches import BatchesController
 from api.controllers.chat import ChatController
+from api.controllers.files import FilesController
 from api.controllers.generate import GenerateController
 from api.controllers.health import HealthController
 from api.controllers.jobs import JobsController
@@ -62,7 +64,10 @@ def create_app(settings: Settings) -> Litestar:
             TemplateController,
             ModelsController,
             JobsController,
+            BatchesController,
             HealthController,
+            # Uploads have their own, larger, body limit.
+            Router(path="/", route_handlers=[FilesController], request_max_body_size=settings.max_file_bytes),
         ],
         exception_handlers={Exception: exception_handler},
         lifespan=[services_lifespan, _warm_template_renderer],

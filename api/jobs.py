@@ -181,7 +181,10 @@ class JobService:
             return
         ttl = job.failure_ttl or self.settings.job_result_ttl_s
         canceled = error.code == CANCELED
+        batch_id = job.meta.get("batch_id") if isinstance(job.meta, dict) else None
         with self.sync_redis.pipeline() as pipe:
+            if batch_id:
+                pipe.hincrby(keys.batch_record(batch_id), "canceled", 1)
             job.set_status(JobStatus.CANCELED if canceled else JobStatus.FAILED, pipeline=pipe)
             if job.origin:
                 registry = CanceledJobRegistry if canceled else FailedJobRegistry
@@ -197,6 +200,19 @@ class JobService:
             )
             pipe.expire(job.key, ttl)
             pipe.execute()
+
+    async def stop(self, job_id: str) -> None:
+        """Cancel without waiting (a batch being canceled): queued never runs, running is asked to stop."""
+        try:
+            snap = await self.snapshot(job_id)
+        except NotFound:
+            return
+        if snap.final:
+            return
+        if snap.status == "queued" and await self._take_out_of_line(snap):
+            await anyio.to_thread.run_sync(self.finalize_unrun, job_id, canceled_error(job_id, running=False))
+        else:
+            await self.redis.zadd(keys.CANCEL_REQUESTS, {job_id: time.time()})
 
     async def cancel(self, job_id: str) -> tuple[JobSnapshot, Cancellation]:
         snap = await self.snapshot(job_id)

@@ -12,8 +12,11 @@ from litestar.datastructures import State
 from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from api.batch_runner import BatchRunner
+from api.batches import BatchService
 from api.dispatch import Dispatcher
 from api.feeder import LaneFeeder
+from api.files import FileService
 from api.fleet_view import FleetView
 from api.image_intake import ImageIntake
 from api.jobs import JobService
@@ -31,6 +34,8 @@ class Services:
     intake: ImageIntake
     dispatcher: Dispatcher
     jobs: JobService
+    files: FileService
+    batches: BatchService
 
 
 def _redis(settings: Settings, *, blocking: bool) -> Redis:
@@ -57,18 +62,27 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     fleet = FleetView(redis, settings)
     dispatcher = Dispatcher(settings, redis, blocking, sync_redis, fleet)
     jobs = JobService(settings, redis, sync_redis, fleet, dispatcher)
+    intake = ImageIntake(settings, store, fetcher)
+    files = FileService(settings, redis, store)
+    batches = BatchService(redis, files)
     app.state.services = Services(
         settings=settings,
         redis=redis,
         blob_store=store,
         fleet=fleet,
-        intake=ImageIntake(settings, store, fetcher),
+        intake=intake,
         dispatcher=dispatcher,
         jobs=jobs,
+        files=files,
+        batches=batches,
     )
     # Background loops every API process runs; each takes a Redis lock for its work, so any
     # number of API replicas cooperate and one dying is replaced by another.
-    tasks = [asyncio.create_task(LaneFeeder(settings, redis, sync_redis, fleet, jobs).run(), name="feeder")]
+    runner = BatchRunner(settings, redis, sync_redis, batches, files, jobs, dispatcher, intake)
+    tasks = [
+        asyncio.create_task(LaneFeeder(settings, redis, sync_redis, fleet, jobs).run(), name="feeder"),
+        asyncio.create_task(runner.run(), name="batch-runner"),
+    ]
     try:
         yield
     finally:

@@ -53,11 +53,13 @@ class LocalBlobStore:
         except OSError as exc:
             raise BlobStoreUnavailable("blob store is not readable") from exc
 
-    def open_stream(self, key: str) -> BinaryIO:
+    def open_stream(self, key: str, offset: int = 0) -> BinaryIO:
         try:
-            return self._path(key).open("rb")
+            stream = self._path(key).open("rb")
         except FileNotFoundError:
             raise BlobNotFound(f"blob {key!r} not found") from None
+        stream.seek(offset)
+        return stream
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

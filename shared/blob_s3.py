@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any, BinaryIO, cast
 
 import boto3
@@ -56,12 +57,16 @@ class S3BlobStore:
         except (BotoCoreError, ClientError) as exc:
             raise BlobStoreUnavailable("blob store write failed") from exc
 
-    def _get(self, key: str) -> Any:
+    def _get(self, key: str, offset: int = 0) -> Any:
+        extra = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in _MISSING_CODES:
                 raise BlobNotFound(f"blob {key!r} not found") from None
+            if code == "InvalidRange":  # reading from the very end: nothing left
+                return {"Body": io.BytesIO(b"")}
             raise BlobStoreUnavailable("blob store read failed") from exc
         except BotoCoreError as exc:
             raise BlobStoreUnavailable("blob store read failed") from exc
@@ -75,8 +80,8 @@ class S3BlobStore:
         finally:
             body.close()
 
-    def open_stream(self, key: str) -> BinaryIO:
-        return cast(BinaryIO, self._get(key)["Body"])
+    def open_stream(self, key: str, offset: int = 0) -> BinaryIO:
+        return cast(BinaryIO, self._get(key, offset)["Body"])
 
     def exists(self, key: str) -> bool:
         try:

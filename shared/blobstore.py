@@ -33,7 +33,9 @@ class BlobStore(Protocol):
 
     def put_stream(self, key: str, stream: BinaryIO) -> None: ...
 
-    def open_stream(self, key: str) -> BinaryIO: ...
+    def open_stream(self, key: str, offset: int = 0) -> BinaryIO:
+        """A readable stream of the blob from byte `offset` (resuming a long read elsewhere)."""
+        ...
 
     def check(self) -> None:
         """Raise BlobStoreUnavailable when the store is not usable (readiness)."""

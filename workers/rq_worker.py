@@ -39,6 +39,13 @@ class Running:
     batch_id: str | None = None  # the OpenAI batch this job belongs to, for its live counts
 
 
+def batch_counter(outcome: JobResult | JobError) -> str:
+    """Which of an OpenAI batch's counters a finished job bumps."""
+    if isinstance(outcome, JobResult):
+        return "completed"
+    return "canceled" if outcome.code in (CANCELED, EXPIRED) else "failed"
+
+
 class BatchWorker(SimpleWorker):
     """SimpleWorker whose unit of work is a micro-batch of jobs from its one queue."""
 
@@ -110,13 +117,7 @@ class BatchWorker(SimpleWorker):
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.zrem(keys.CANCEL_REQUESTS, job.id)
             if running.batch_id is not None:
-                counted = (
-                    "completed"
-                    if isinstance(outcome, JobResult)
-                    else (None if outcome.code in (CANCELED, EXPIRED) else "failed")
-                )
-                if counted:
-                    pipe.hincrby(keys.batch_record(running.batch_id), counted, 1)
+                pipe.hincrby(keys.batch_record(running.batch_id), batch_counter(outcome), 1)
             pipe.execute()
 
     def maintain_running_heartbeats(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Annotated
 
 import msgspec
@@ -11,7 +12,7 @@ from litestar.di import Provide
 from litestar.params import Parameter
 
 from api.auth import require_api_key
-from api.controllers.chat import chat_payload, completion
+from api.chat_jobs import build_chat_job, completion
 from api.jobs import Cancellation, JobSnapshot
 from api.protocol import ChatCompletionRequest, ErrorDetail, JobCreateRequest, JobObject
 from api.services import Services, get_services
@@ -27,7 +28,13 @@ async def job_object(svc: Services, snap: JobSnapshot, cancellation: Cancellatio
     result = error = None
     if isinstance(snap.outcome, JobResult):
         finished = snap.ended_at or snap.meta.created_at
-        result = completion(snap.id, snap.meta.model, snap.outcome, max(0.0, finished - snap.meta.created_at))
+        result = completion(
+            snap.id,
+            snap.meta.model,
+            snap.outcome,
+            max(0.0, finished - snap.meta.created_at),
+            created=snap.meta.created_at,
+        )
     elif isinstance(snap.outcome, JobError):
         e = snap.outcome
         error = ErrorDetail(message=e.message, type=e.type, param=e.param, code=e.code)
@@ -69,9 +76,9 @@ class JobsController(Controller):
     ) -> Response[JobObject]:
         async def create() -> str:
             chat = msgspec.convert(msgspec.to_builtins(data), ChatCompletionRequest)
-            payload, model = await chat_payload(
-                chat, svc, check_capacity=data.priority == "interactive", expires_after=data.expires_after
-            )
+            fleet = svc.fleet if data.priority == "interactive" else None  # batch work waits in the lane
+            expires_at = time.time() + data.expires_after if data.expires_after is not None else None
+            payload, model = await build_chat_job(chat, svc.settings, svc.intake, fleet, expires_at=expires_at)
             meta = JobMeta(
                 model=model,
                 created_at=payload.created_at,

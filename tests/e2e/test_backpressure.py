@@ -69,6 +69,7 @@ def test_request_timeout_is_504_naming_the_job_and_the_job_still_finishes(stack:
         return bool(Job.fetch(job_id, connection=redis, serializer=MsgpackSerializer).is_finished)
 
     wait_for(finished, 30, "the timed-out job to finish anyway")
+    stack.stop_api("short-timeout")
 
 
 def test_no_worker_means_503_and_not_ready(stacks) -> None:  # type: ignore[no-untyped-def]

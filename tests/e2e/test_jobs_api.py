@@ -145,12 +145,15 @@ def test_worker_expires_a_job_whose_deadline_passed_in_its_queue(stack: Stack) -
 
 def test_results_are_kept_for_the_retention_time_then_404(stack: Stack) -> None:
     url = stack.start_api("short-retention", JOB_RESULT_TTL_S="2")
-    with httpx.Client(base_url=url, timeout=60) as c:
-        job = submit(c, {"messages": [{"role": "user", "content": "brief"}], "max_tokens": 2}).json()
-        assert c.get(job["poll_url"], params={"wait": 30}).json()["status"] == "succeeded"
-        time.sleep(3.5)
-        gone = c.get(job["poll_url"])
-    assert assert_openai_error(gone, 404)["code"] == "job_not_found"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            job = submit(c, {"messages": [{"role": "user", "content": "brief"}], "max_tokens": 2}).json()
+            assert c.get(job["poll_url"], params={"wait": 30}).json()["status"] == "succeeded"
+            time.sleep(3.5)
+            gone = c.get(job["poll_url"])
+        assert assert_openai_error(gone, 404)["code"] == "job_not_found"
+    finally:
+        stack.stop_api("short-retention")  # its settings must not apply to other tests' batches
 
 
 def test_batch_priority_job_goes_through_the_lane(stack: Stack) -> None:

@@ -48,6 +48,8 @@ def test_streams(store: BlobStore) -> None:
     store.put_stream("files/big.jsonl", io.BytesIO(data))
     with store.open_stream("files/big.jsonl") as stream:  # type: ignore[attr-defined]
         assert stream.read() == data
+    with store.open_stream("files/big.jsonl", offset=1000) as stream:  # type: ignore[attr-defined]
+        assert stream.read() == data[1000:]
 
 
 def test_missing_key(store: BlobStore) -> None:

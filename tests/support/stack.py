@@ -44,6 +44,10 @@ class Stack:
         wait_ready(self.urls[name], workers=len(self.workers), procs=[proc, *self.workers])
         return self.urls[name]
 
+    def stop_api(self, name: str) -> None:
+        self.apis.pop(name).stop()
+        self.urls.pop(name)
+
     def start_worker(self, index: int, **overrides: str) -> ServiceProcess:
         env = service_env({**self.env, **overrides})
         proc = ServiceProcess(
