@@ -1,4 +1,4 @@
-"""`omega-vlm`: up | api | worker | make-demo-model.
+"""`omega-vlm`: up | api | worker | caption | make-demo-model.
 
 Every subcommand accepts every settings flag (see `omega-vlm up --help`); flags beat environment
 variables, which beat the built-in defaults.
@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     worker.add_argument("--cpu-threads", type=int, default=None, help=argparse.SUPPRESS)
+    from omega_vlm.caption.command import add_arguments
+
+    caption = sub.add_parser("caption", help="caption images through a running service (resumable)")
+    add_arguments(caption)
     demo = sub.add_parser("make-demo-model", parents=[settings_flags], help="generate the tiny demo model")
     demo.add_argument("--out", type=Path, default=None, help="folder (default: DATA_DIR/demo-model)")
     demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
@@ -153,6 +157,10 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "caption":  # a client: the server's settings do not apply
+        from omega_vlm.caption.command import run
+
+        return run(args)
     try:
         settings = load_settings(args)
     except SettingsError as exc:

@@ -1,0 +1,1 @@
+"""`omega-vlm caption`: caption many images through the jobs API, resumably."""
