@@ -25,6 +25,7 @@ from api.controllers.jobs import JobsController
 from api.controllers.models import ModelsController
 from api.controllers.templates import TemplateController
 from api.errors import exception_handler
+from api.metrics import MetricsController, prometheus_config
 from api.services import services_lifespan
 from shared.settings import Settings
 
@@ -66,10 +67,12 @@ def create_app(settings: Settings) -> Litestar:
             JobsController,
             BatchesController,
             HealthController,
+            MetricsController,
             # Uploads have their own, larger, body limit.
             Router(path="/", route_handlers=[FilesController], request_max_body_size=settings.max_file_bytes),
         ],
         exception_handlers={Exception: exception_handler},
+        middleware=[prometheus_config().middleware],
         lifespan=[services_lifespan, _warm_template_renderer],
         state=State({"settings": settings, "started_at": time.time()}),
         openapi_config=_openapi(settings),

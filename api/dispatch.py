@@ -16,6 +16,8 @@ import anyio.to_thread
 import msgspec
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.job import Job
 from rq.queue import Queue
 from rq.results import Result
@@ -110,10 +112,15 @@ class Dispatcher:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None, last_id
-            # wait_for guards against a Redis that stops answering without closing the socket.
-            reply: Any = await asyncio.wait_for(
-                self.blocking_redis.xread({stream: last_id}, block=max(1, int(left * 1000))), left + 5
-            )
+            try:
+                # wait_for guards against a Redis that stops answering without closing the socket.
+                reply: Any = await asyncio.wait_for(
+                    self.blocking_redis.xread({stream: last_id}, block=max(1, int(left * 1000))), left + 5
+                )
+            except (RedisConnectionError, RedisTimeoutError, TimeoutError):
+                # Redis restarting: the job is safe in it (append-only); keep waiting for it.
+                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                continue
             for entry_id, fields in reply[0][1] if reply else []:
                 last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
                 outcome = parse_result(job_id, last_id, fields)

@@ -17,6 +17,7 @@ from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from api.metrics import record_rejection
 from shared.errors import (
     InternalError,
     InvalidRequest,
@@ -63,6 +64,7 @@ def to_service_error(exc: Exception) -> ServiceError:
 
 def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, dict[str, str | None]]]:
     error = to_service_error(exc)
+    record_rejection(error.status_code, error.code)
     if error.status_code >= 500 and not isinstance(exc, ServiceError):
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return Response(error.body(), status_code=error.status_code, headers=error.headers, media_type=MediaType.JSON)

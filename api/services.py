@@ -19,6 +19,7 @@ from api.feeder import LaneFeeder
 from api.files import FileService
 from api.fleet_view import FleetView
 from api.image_intake import ImageIntake
+from api.janitor_loop import run_janitor
 from api.jobs import JobService
 from api.remote_fetch import RemoteImageFetcher
 from shared.blobstore import BlobStore, create_blob_store
@@ -82,6 +83,7 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(LaneFeeder(settings, redis, sync_redis, fleet, jobs).run(), name="feeder"),
         asyncio.create_task(runner.run(), name="batch-runner"),
+        asyncio.create_task(run_janitor(settings, sync_redis), name="janitor"),
     ]
     try:
         yield

@@ -118,7 +118,7 @@ def _up(settings: Settings) -> int:
     _ensure_demo(settings)
     children += _worker_children(settings)
     children.append(Child(name="api", argv=python_argv("api"), essential=True, stop_stage=0))
-    supervisor = Supervisor(children, child_env(settings_to_env(settings)))
+    supervisor = Supervisor(children, child_env(settings_to_env(settings)), grace_s=settings.worker_stop_grace_s)
     if children[0].name == "redis-server":
         supervisor.start(children[0])  # workers and API need it answering first
         redis_server.wait_until_reachable(settings.redis_url)
@@ -152,7 +152,8 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
         return run_worker(settings, torch.device(args.device), args.worker_index, args.cpu_threads)
     _ensure_demo(settings)
-    return Supervisor(_worker_children(settings), child_env(settings_to_env(settings))).run()
+    env = child_env(settings_to_env(settings))
+    return Supervisor(_worker_children(settings), env, grace_s=settings.worker_stop_grace_s).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

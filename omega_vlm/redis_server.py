@@ -75,6 +75,8 @@ def private_redis_plan(url: str, data_dir: Path) -> tuple[list[str], str]:
         str(directory.resolve()),
         "--appendonly",
         "yes",
+        "--appendfsync",  # on disk before Redis answers: an accepted job survives a crash
+        "always",
         "--save",
         "",
         "--protected-mode",

@@ -83,9 +83,15 @@ class Supervisor:
         child.next_start = time.monotonic() + delay
         log.warning("%s exited with code %s; restarting in %.1f s", child.name, code, delay)
 
+    def _forward(self, signum: int, _frame: FrameType | None) -> None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signum)
+
     def run(self, on_tick: Callable[[], None] | None = None) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._forward)  # drain request (preStop): for the workers
         for child in self.children:
             if child.process is None:  # some may have been started already (the private Redis)
                 self.start(child)

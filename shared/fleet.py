@@ -45,6 +45,11 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     avg_batch_seconds: float = 0.0
 
     @property
+    def rq_name(self) -> str:
+        """The rq worker name of this process (a restart on the same device gets a new one)."""
+        return f"{self.id}.{self.pid}"
+
+    @property
     def ready(self) -> bool:
         return self.state == "ready" and self.model is not None
 

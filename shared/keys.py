@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rq.job import Job
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.results import Result
@@ -21,6 +22,11 @@ def worker_info(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
 
 
+def worker_metrics(worker_id: str) -> str:
+    """String key: the worker's Prometheus exposition, merged into the API's /metrics."""
+    return f"{PREFIX}:metrics:{worker_id}"
+
+
 def worker_queue(worker_id: str) -> str:
     """rq queue name of one worker process (one per GPU)."""
     return f"{PREFIX}.{worker_id}"
@@ -33,6 +39,10 @@ def rq_queue_key(queue_name: str) -> str:
 
 def rq_started_key(queue_name: str) -> str:
     return str(StartedJobRegistry.key_template.format(queue_name))
+
+
+def rq_job_key(job_id: str) -> str:
+    return str(Job.redis_job_namespace_prefix) + job_id
 
 
 def rq_results_key(job_id: str) -> str:

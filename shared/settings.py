@@ -118,6 +118,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_lines: PositiveInt = 50_000
     # Batch lines turned into queued jobs ahead of the ones finishing (bounds memory and Redis).
     batch_expand_ahead: PositiveInt = 256
+    # Fault tolerance: how often the janitor sweeps, and how many runs that killed their worker a
+    # job gets before it fails as a poison request.
+    janitor_interval_s: Annotated[float, Meta(gt=0, le=600)] = 1.0
+    # How long `up`/`worker` give a worker to finish its batch after SIGTERM before killing it
+    # (keep it under Kubernetes' terminationGracePeriodSeconds).
+    worker_stop_grace_s: Annotated[float, Meta(gt=0, le=3600)] = 150.0
+    max_job_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
+    # Testing only: a worker SIGKILLs itself on a job whose text contains this marker (empty = off).
+    fault_kill_marker: str = ""
     worker_heartbeat_s: PositiveFloat = 2.0
     worker_ttl_s: PositiveFloat = 10.0
 

@@ -31,12 +31,14 @@ class FleetMember:
         period_s: float,
         ttl_s: float,
         on_beat: Callable[[], None] | None = None,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
         self.redis = redis
         self.info = info
         self.period_s = period_s
         self.ttl_s = ttl_s
         self.on_beat = on_beat
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-heartbeat", daemon=True)
@@ -63,6 +65,8 @@ class FleetMember:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.set(keys.worker_info(info.id), encode_info(info), px=int(self.ttl_s * 1000))
                 pipe.zadd(keys.WORKERS, {info.id: now})
+                if self.metrics is not None:
+                    pipe.set(keys.worker_metrics(info.id), self.metrics(), px=int(self.ttl_s * 1000))
                 pipe.execute()
         except RedisError as exc:
             log.warning("heartbeat failed (Redis unreachable?): %s", exc)

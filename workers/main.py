@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 
 import torch
 from redis import Redis
+from redis.exceptions import RedisError
 
 from shared import keys
 from shared.blobstore import create_blob_store
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
 from shared.settings import Settings
+from workers import metrics
 from workers.demo_model import ensure_demo_model
 from workers.engine import Engine
 from workers.fleet_member import FleetMember
@@ -99,7 +102,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     worker = BatchWorker(
         [queue_name],
         connection=redis,
-        name=f"{worker_id}.{os.getpid()}",
+        name=info.rq_name,
         runner=runner,
         max_batch_size=settings.max_batch_size,
         batch_timeout_ms=settings.batch_timeout_ms,
@@ -109,6 +112,10 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         on_batch=lambda _size, seconds: member.record_batch(seconds),
     )
     member.on_beat = worker.maintain_running_heartbeats
+    # SIGUSR1 (Kubernetes' preStop): drain. The API stops routing here and the janitor moves the
+    # waiting jobs to other workers; the batch in hand finishes; SIGTERM then stops the process.
+    signal.signal(signal.SIGUSR1, lambda *_: member.update(state="stopping"))
+    member.metrics = lambda: publish_metrics(device)
     member.update(state="ready", model=loaded.card)
     log.info(
         "worker %s ready on queue %s (%s, %s, attn=%s)",
@@ -119,7 +126,28 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         loaded.attn,
     )
     try:
-        worker.work(logging_level="WARNING" if not settings.debug else "DEBUG")
+        serve(worker, settings)
     finally:
         member.leave()
     return 0
+
+
+def publish_metrics(device: torch.device) -> bytes:
+    if device.type == "cuda":
+        metrics.GPU_MEMORY.labels("allocated").set(torch.cuda.memory_allocated(device))
+        metrics.GPU_MEMORY.labels("reserved").set(torch.cuda.memory_reserved(device))
+    return metrics.snapshot()
+
+
+def serve(worker: BatchWorker, settings: Settings) -> None:
+    """rq's work loop, started again whenever it ends for any reason but a stop request
+    (rq leaves its loop on Redis errors): the worker outlives a Redis outage."""
+    while not worker.shutdown_requested:
+        try:
+            worker.connection.delete(worker.key)  # a crashed predecessor's record blocks rq's start
+            worker.recover_intermediate()
+            worker.work(logging_level="DEBUG" if settings.debug else "WARNING")
+        except (RedisError, OSError, ValueError) as exc:
+            log.warning("worker loop interrupted (%s); reconnecting", exc)
+        if not worker.shutdown_requested:
+            time.sleep(1)

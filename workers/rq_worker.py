@@ -18,18 +18,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from shared import keys
 from shared.contract import CANCELED, EXPIRED, JobError, JobResult, decode_payload, encode, encode_error
 from shared.serializer import MsgpackSerializer
+from workers import metrics
 from workers.runner import BatchItem, BatchRunner, job_error
 
 log = logging.getLogger("omega.worker.rq")
+# How long a finished job's outcome is held while Redis is unreachable.
+RECORD_PATIENCE_S = 600.0
 
 
 @dataclass
@@ -69,6 +75,12 @@ class BatchWorker(SimpleWorker):
         self.on_batch = on_batch
         self.running: list[Running] = []
         self._running_lock = threading.Lock()
+        self.shutdown_requested = False
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        """SIGTERM/SIGINT: stop pulling, finish the batch in hand, then leave (rq's warm shutdown)."""
+        self.shutdown_requested = True
+        super().request_stop(signum, frame)
 
     # --- pulling a batch -------------------------------------------------------------------
     def _pull_one(self, queue: Queue, timeout_s: float) -> Job | None:
@@ -107,6 +119,7 @@ class BatchWorker(SimpleWorker):
         return Running(job, execution)
 
     def _finish(self, running: Running, queue: Queue, outcome: JobResult | JobError) -> None:
+        """rq's own success/failure handling: result on the stream, job in its registry."""
         job, execution = running.job, running.execution
         if isinstance(outcome, JobResult):
             self._finalize_success(job, queue, execution, encode(outcome))
@@ -114,6 +127,9 @@ class BatchWorker(SimpleWorker):
             job._status = JobStatus.FAILED
             self.handle_execution_ended(job, queue, job.failure_callback_timeout)
             self.handle_job_failure(job, queue, exc_string=encode_error(outcome), execution=execution)
+
+    def _account(self, running: Running, outcome: JobResult | JobError) -> None:
+        job = running.job
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.zrem(keys.CANCEL_REQUESTS, job.id)
             if running.batch_id is not None:
@@ -144,7 +160,20 @@ class BatchWorker(SimpleWorker):
 
     # --- rq's unit of work -----------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
-        jobs = self._collect(job, queue)
+        # Busy from here: a SIGTERM now means "finish this batch", not "stop at once".
+        self.set_state(WorkerStatus.BUSY)
+        jobs = [job] if _retried(job) else self._collect(job, queue)
+        # A job that was running when a worker died runs alone: if it is what killed the
+        # worker, it must not take a new set of batch-mates down with it.
+        normal = [j for j in jobs if not _retried(j)]
+        groups = ([normal] if normal else []) + [[j] for j in jobs if _retried(j)]
+        try:
+            for group in groups:
+                self._run_group(group, queue)
+        finally:
+            self.set_state(WorkerStatus.IDLE)
+
+    def _run_group(self, jobs: list[Job], queue: Queue) -> None:
         started = [self._start(j) for j in jobs]
         with self._running_lock:
             self.running = started
@@ -167,13 +196,58 @@ class BatchWorker(SimpleWorker):
             for (index, _), outcome in zip(items, results, strict=True):
                 outcomes[index] = outcome
             for index, item in enumerate(started):
-                try:
-                    self._finish(item, queue, outcomes[index])
-                except Exception:
-                    log.exception("could not record the outcome of job %s", item.job.id)
+                self._record(item, queue, outcomes[index])
             if self.on_batch:
                 self.on_batch(len(items), time.perf_counter() - began)
         finally:
             with self._running_lock:
                 self.running = []
-            self.set_state(WorkerStatus.IDLE)
+
+    def _record(self, item: Running, queue: Queue, outcome: JobResult | JobError) -> None:
+        """Write a job's outcome, waiting out a Redis outage: the result is only in memory."""
+        if self._patiently(lambda: self._finish(item, queue, outcome), item.job.id):
+            metrics.JOBS.labels(_outcome_label(outcome)).inc()
+            self._patiently(lambda: self._account(item, outcome), item.job.id)
+
+    def _patiently(self, step: Callable[[], None], job_id: str) -> bool:
+        delay = 0.5
+        deadline = time.monotonic() + RECORD_PATIENCE_S
+        while True:
+            try:
+                step()
+                return True
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    log.error("gave up recording job %s: %s (the janitor will run it again)", job_id, exc)
+                    return False
+                log.warning("could not record job %s (%s); retrying in %.1f s", job_id, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                log.exception("could not record the outcome of job %s", job_id)
+                return False
+
+    # --- maintenance belongs to the janitor -----------------------------------------------
+    def clean_registries(self) -> None:
+        """rq's own cleanup would fail abandoned jobs; the janitor runs them again instead."""
+        self.last_cleaned_at = now()
+
+    def recover_intermediate(self) -> int:
+        """At start: jobs a previous process on this queue pulled but never started go back."""
+        moved = 0
+        for queue in self.queues:
+            while self.connection.lmove(queue.intermediate_queue_key, queue.key, "RIGHT", "LEFT") is not None:
+                moved += 1
+        if moved:
+            log.warning("put %d job(s) left in flight by a previous worker back on the queue", moved)
+        return moved
+
+
+def _retried(job: Job) -> bool:
+    return bool(job.meta.get("attempts", 0))
+
+
+def _outcome_label(outcome: JobResult | JobError) -> str:
+    if isinstance(outcome, JobResult):
+        return "succeeded"
+    return {CANCELED: "canceled", EXPIRED: "expired"}.get(outcome.code or "", "failed")

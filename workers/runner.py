@@ -9,6 +9,8 @@ only the row that really fails is failed.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
@@ -18,8 +20,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from shared.contract import JobError, JobPayload, JobResult, canceled_error, expired_error
+from shared.contract import JobError, JobPayload, JobResult, TextPart, canceled_error, expired_error
 from shared.errors import ServiceError
+from workers import metrics
 from workers.batch import PreparedRow
 from workers.engine import Engine, RowOutput
 from workers.images import ImageLoader
@@ -112,8 +115,17 @@ class BatchRunner:
                 out[index] = canceled_error(job.id, running=False)
         return out
 
+    def _crash_if_asked(self, items: Sequence[BatchItem]) -> None:
+        """Testing only (FAULT_KILL_MARKER): die the way a poison request kills a worker."""
+        marker = self.engine.settings.fault_kill_marker
+        texts = (p.text for i in items for m in i.payload.messages for p in m.content if isinstance(p, TextPart))
+        if marker and any(marker in t for t in texts):
+            log.error("FAULT_KILL_MARKER found in a job: killing this worker (fault-injection test)")
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def run(self, items: Sequence[BatchItem]) -> list[Outcome]:
         started = time.time()
+        self._crash_if_asked(items)
         outcomes = self._screen(items)
         live = [i for i in range(len(items)) if i not in outcomes]
         rows, failures = self._prepare([items[i] for i in live])
@@ -133,12 +145,22 @@ class BatchRunner:
                     self._active.pop(row.job.id, None)
                 self._canceled.difference_update(item.payload.id for item in items)
         elapsed = time.perf_counter() - t0
+        if ready:
+            metrics.BATCH_SIZE.observe(len(ready))
+            metrics.GENERATE_SECONDS.observe(elapsed)
+            metrics.IMAGES.inc(sum(len(row.job.image_blobs) for _, row in ready))
+            metrics.IMAGE_CACHE.labels("hit").set(self.images.cache.hits)
+            metrics.IMAGE_CACHE.labels("miss").set(self.images.cache.misses)
         for (index, row), output in zip(ready, outputs, strict=True):
             if isinstance(output, JobError):
                 outcomes[index] = output
             elif row.plan.cancel_step is not None:
                 outcomes[index] = canceled_error(row.job.id, running=True)
             else:
+                metrics.GENERATED_TOKENS.inc(output.completion_tokens)
+                metrics.PROMPT_TOKENS.inc(output.prompt_tokens)
+                if output.first_token_seconds is not None:
+                    metrics.TIME_TO_FIRST_TOKEN.observe(output.first_token_seconds)
                 outcomes[index] = JobResult(
                     text=output.text,
                     finish_reason=output.finish_reason,

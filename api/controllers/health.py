@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import anyio.to_thread
 import msgspec
 from litestar import Controller, Response, get
 from litestar.di import Provide
@@ -11,6 +12,8 @@ from redis.exceptions import RedisError
 
 from api.fleet_view import QueueLoad
 from api.services import Services, get_services
+from shared import keys
+from shared.errors import ServiceError
 from shared.fleet import WorkerInfo
 
 DEMO_NOTE = "demo model: random weights, its output is meaningless; set MODEL_PATH to serve a real model"
@@ -59,7 +62,10 @@ class HealthReport(msgspec.Struct):
     batch: BatchConfig
     vlm_config: VLMConfig
     workers: list[WorkerReport]
+    # All waiting work: every worker queue plus the batch lane (what an autoscaler scales on).
+    waiting_jobs: int
     redis: str
+    blob_store: str
 
 
 def _worker_report(load: QueueLoad, now: float) -> WorkerReport:
@@ -83,8 +89,14 @@ async def build_report(svc: Services) -> HealthReport:
     try:
         workers: list[WorkerInfo] = await svc.fleet.live_workers(fresh=True, include_failed=True)
         loads = await svc.fleet.loads([w for w in workers if w.state != "failed"])
+        lane = int(await svc.redis.llen(keys.BATCH_LANE))
     except (RedisError, TimeoutError):
-        workers, loads, redis_state = [], [], "unavailable"
+        workers, loads, lane, redis_state = [], [], 0, "unavailable"
+    blob_state = "ok"
+    try:
+        await anyio.to_thread.run_sync(svc.blob_store.check)
+    except ServiceError:
+        blob_state = "unavailable"
     ready = [w for w in workers if w.ready]
     failed = [w for w in workers if w.state == "failed"]
     card = ready[0].model if ready else None
@@ -99,7 +111,7 @@ async def build_report(svc: Services) -> HealthReport:
         device_names=[w.device_name for w in ready],
         visible_cuda_devices=sum(1 for w in ready if w.device.startswith("cuda")),
         queues=[q.waiting for q in loads],
-        ready=bool(ready) and redis_state == "ok",
+        ready=bool(ready) and redis_state == "ok" and blob_state == "ok",
         startup_ok=not failed,
         startup_error=failed[0].error if failed else None,
         overloaded=bool(loads) and all(q.waiting >= s.max_queue_size for q in loads),
@@ -114,7 +126,9 @@ async def build_report(svc: Services) -> HealthReport:
             allow_remote_images=s.allow_remote_images,
         ),
         workers=[_worker_report(q, now) for q in loads],
+        waiting_jobs=sum(q.waiting for q in loads) + lane,
         redis=redis_state,
+        blob_store=blob_state,
     )
 
 
@@ -134,5 +148,10 @@ class HealthController(Controller):
     @get("/readyz", summary="Readiness probe: Redis reachable and a worker ready", include_in_schema=False)
     async def readyz(self, svc: Services) -> Response[dict[str, object]]:
         report = await build_report(svc)
-        body: dict[str, object] = {"ready": report.ready, "redis": report.redis, "workers_ready": len(report.devices)}
+        body: dict[str, object] = {
+            "ready": report.ready,
+            "redis": report.redis,
+            "blob_store": report.blob_store,
+            "workers_ready": len(report.devices),
+        }
         return Response(body, status_code=200 if report.ready else 503)

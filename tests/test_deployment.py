@@ -1,0 +1,145 @@
+"""Deployment files are complete and valid: every YAML parses, compose.yaml and the Kubernetes
+manifests pass their published schemas (offline), and the images keep their promises."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import tomllib
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = ROOT / "tests" / "schemas"
+K8S_VERSION = "1.30.0"
+
+
+def k8s_documents() -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for path in sorted((ROOT / "k8s").glob("*.yaml")):
+        docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def by_kind(kind: str, name: str | None = None) -> dict[str, Any]:
+    for _, doc in k8s_documents():
+        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name):
+            return doc
+    raise AssertionError(f"no {kind} {name or ''} in k8s/")
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "compose.yaml").read_text()))
+
+
+def test_compose_passes_the_compose_spec_schema() -> None:
+    schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
+    jsonschema.Draft7Validator(schema).validate(compose())
+
+
+def test_compose_services() -> None:
+    services = compose()["services"]
+    assert "--appendonly" in services["redis"]["command"] and "always" in services["redis"]["command"]
+    assert "mc mb" in " ".join(services["minio-init"]["command"])
+    assert services["api"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert services["worker"]["profiles"] == ["gpu"]
+    cpu = services["worker-cpu"]
+    assert cpu["profiles"] == ["cpu"] and "MODEL_PATH" not in cpu["environment"]  # the demo model
+
+
+@pytest.mark.parametrize(("filename", "doc"), k8s_documents(), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_kubernetes_manifests_pass_their_schemas(filename: str, doc: dict[str, Any]) -> None:
+    if doc["kind"] == "ScaledObject":
+        schema = json.loads((SCHEMAS / "keda-scaledobject-v1alpha1.json").read_text())
+        jsonschema.Draft7Validator(schema).validate(doc)
+    elif doc["kind"] == "Kustomization":
+        for resource in doc["resources"]:
+            assert (ROOT / "k8s" / resource).is_file(), resource
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_worker_deployment_matches_its_sigterm_behaviour() -> None:
+    worker = by_kind("Deployment", "omega-worker")["spec"]["template"]["spec"]
+    container = worker["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["terminationGracePeriodSeconds"] >= 150  # WORKER_STOP_GRACE_S fits inside it
+    assert "kill -USR1 1" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    assert by_kind("PodDisruptionBudget", "omega-worker")["spec"]["maxUnavailable"] == 1
+
+
+def test_api_deployment_probes_hpa_and_secrets() -> None:
+    api = by_kind("Deployment", "omega-api")["spec"]["template"]["spec"]["containers"][0]
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/livez"
+    sources = {next(iter(s)): next(iter(s.values()))["name"] for s in api["envFrom"]}
+    assert sources == {"configMapRef": "omega-vlm-config", "secretRef": "omega-vlm-secrets"}
+    assert by_kind("HorizontalPodAutoscaler", "omega-api")["spec"]["scaleTargetRef"]["name"] == "omega-api"
+    assert by_kind("PodDisruptionBudget", "omega-api")
+    secret = yaml.safe_load((ROOT / "k8s" / "secret.example.yaml").read_text())
+    assert {"API_KEY", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
+
+
+def test_redis_is_persistent() -> None:
+    redis = by_kind("StatefulSet", "omega-redis")["spec"]
+    assert redis["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    assert "always" in redis["template"]["spec"]["containers"][0]["args"]
+
+
+def test_keda_scales_workers_on_waiting_jobs() -> None:
+    scaled = by_kind("ScaledObject", "omega-worker")["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "omega-worker"
+    trigger = scaled["triggers"][0]
+    assert trigger["metadata"]["valueLocation"] == "waiting_jobs" and trigger["metadata"]["url"].endswith("/health")
+
+
+def test_configmap_names_only_real_settings() -> None:
+    from shared.settings_sources import OPTIONS
+
+    known = {env for option in OPTIONS for env in option.envs}
+    assert set(by_kind("ConfigMap", "omega-vlm-config")["data"]) <= known
+
+
+def _reachable(requirements: list[str]) -> set[str]:
+    """Every distribution the given requirements pull in (extras not requested are ignored)."""
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            todo += [Requirement(r) for r in metadata.requires(name) or []]
+        except metadata.PackageNotFoundError:
+            continue
+    return seen
+
+
+def test_the_api_image_never_installs_torch() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pulled = _reachable(project["dependencies"])
+    assert not pulled & {"torch", "torchvision", "flash-attn", "nvidia-cublas-cu12", "triton"}, sorted(pulled)
+    dockerfile = (ROOT / "Dockerfile.api").read_text()
+    assert "pip install ." in dockerfile and "[worker]" not in dockerfile and "torch==" not in dockerfile
+    assert re.search(r"^USER ", dockerfile, re.M) and "HEALTHCHECK" in dockerfile
+
+
+def test_the_worker_image() -> None:
+    dockerfile = (ROOT / "Dockerfile.worker").read_text()
+    assert "FROM ${CUDA_IMAGE}" in dockerfile and "nvidia/cuda" in dockerfile
+    assert dockerfile.index('pip install "torch==') < dockerfile.index('pip install ".[worker]"')
+    assert "flash-attn" in dockerfile and "SDPA" in dockerfile and re.search(r"^USER ", dockerfile, re.M)
+    assert "TRANSFORMERS_INSTALL_PATH" in dockerfile
