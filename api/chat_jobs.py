@@ -48,6 +48,7 @@ async def build_chat_job(
         created_at=time.time(),
         expires_at=expires_at,
         batch_id=batch_id,
+        stream=bool(data.stream),
     )
     return payload, model
 

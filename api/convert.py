@@ -37,8 +37,8 @@ def check_model(requested: str | None, settings: Settings) -> str:
 def refuse_unsupported(req: ChatCompletionRequest) -> None:
     if req.n is not None and req.n != 1:
         raise InvalidRequest("only n=1 is supported", param="n")
-    if req.stream:
-        raise InvalidRequest("stream=true is not supported yet; send stream=false", param="stream")
+    if req.stream_options is not None and not req.stream:
+        raise InvalidRequest("stream_options is only allowed with stream=true", param="stream_options")
     if req.logprobs or req.top_logprobs:
         raise InvalidRequest("logprobs are not supported", param="logprobs")
     if req.tools:

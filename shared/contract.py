@@ -70,6 +70,8 @@ class JobPayload(msgspec.Struct, frozen=True, kw_only=True):
     # A job not started by this unix time is never run; it ends "expired".
     expires_at: float | None = None
     batch_id: str | None = None
+    # Publish the text as it is generated (keys.job_stream); the result still carries all of it.
+    stream: bool = False
 
     @property
     def image_blobs(self) -> tuple[str, ...]:

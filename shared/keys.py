@@ -64,6 +64,11 @@ FEEDER_LOCK = f"{PREFIX}:lock:feeder"
 CANCEL_REQUESTS = f"{PREFIX}:cancel"
 
 
+def job_stream(job_id: str) -> str:
+    """Redis stream of a streaming job's text deltas (entries {"d": text})."""
+    return f"{PREFIX}:stream:{job_id}"
+
+
 def idempotency(key_digest: str) -> str:
     return f"{PREFIX}:idempotency:{key_digest}"
 

@@ -25,6 +25,7 @@ from shared.settings import Settings
 from workers.batch import PreparedRow, collate, group_compatible
 from workers.loader import LoadedModel
 from workers.sampling import RowPlan, RowSampler, RowStopper
+from workers.streaming import DeltaPublisher, DeltaTracker
 
 log = logging.getLogger("omega.worker.engine")
 
@@ -41,9 +42,10 @@ class RowOutput:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, settings: Settings) -> None:
+    def __init__(self, loaded: LoadedModel, settings: Settings, publisher: DeltaPublisher | None = None) -> None:
         self.m = loaded
         self.settings = settings
+        self.publisher = publisher  # where streaming rows' text goes as it is generated
         self.generate_calls = 0  # observable proof of micro-batching (tests, metrics)
 
     # --- preparing one row ---------------------------------------------------------------
@@ -90,7 +92,7 @@ class Engine:
         return PreparedRow(
             job,
             input_ids,
-            self._plan(job.params, int(input_ids.shape[0])),
+            self._plan(job, int(input_ids.shape[0])),
             seq_extras,
             image_extras,
             truncated_tokens=cut,
@@ -113,11 +115,19 @@ class Engine:
                 )
         return excess
 
-    def _plan(self, params: SamplingParams, prompt_tokens: int) -> RowPlan:
+    def _plan(self, job: JobPayload, prompt_tokens: int) -> RowPlan:
+        params = job.params
         room = self.settings.max_model_length - prompt_tokens
         sampled = params.do_sample and params.temperature > 0
         seed = params.seed if params.seed is not None else (secrets.randbits(31) if sampled else 0)
-        return RowPlan(params=params, max_new_tokens=max(1, min(params.max_new_tokens, room)), seed=seed)
+        tracker = DeltaTracker(params.stop, self.m.eos_ids, self._decode_raw) if job.stream else None
+        return RowPlan(
+            params=params,
+            max_new_tokens=max(1, min(params.max_new_tokens, room)),
+            seed=seed,
+            job_id=job.id,
+            tracker=tracker,
+        )
 
     # --- generating a batch --------------------------------------------------------------
     def generate(self, rows: Sequence[PreparedRow]) -> list[RowOutput]:
@@ -135,7 +145,8 @@ class Engine:
         batch = collate(rows, m.pad_id, m.device, m.dtype)
         plans = [r.plan for r in rows]
         sampler = RowSampler(plans, batch.prompt_width, batch.pad_lengths, m.eos_ids, m.device)
-        stopper = RowStopper(plans, batch.prompt_width, self._decode_raw, m.device)
+        on_delta = self.publisher.publish if self.publisher is not None else None
+        stopper = RowStopper(plans, batch.prompt_width, self._decode_raw, m.device, on_delta)
         config = GenerationConfig(
             max_new_tokens=max(p.max_new_tokens for p in plans),
             do_sample=False,
@@ -172,6 +183,8 @@ class Engine:
             cuts = [i for i in (text.find(s) for s in plan.params.stop) if i >= 0]
             if cuts:
                 text, reason = text[: min(cuts)], "stop"
+        if plan.tracker is not None and self.publisher is not None and plan.cancel_step is None:
+            self.publisher.publish(plan.job_id, plan.tracker.finish(text))
         first = plan.first_token_at - started if plan.first_token_at is not None else None
         seed = plan.seed if plan.params.seed is not None or plan.generator is not None else None
         return RowOutput(text, reason, row.prompt_tokens, len(kept), row.truncated_tokens, seed, first)

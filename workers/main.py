@@ -25,6 +25,7 @@ from workers.images import ImageLoader
 from workers.loader import load_model
 from workers.rq_worker import BatchWorker
 from workers.runner import BatchRunner
+from workers.streaming import DeltaPublisher
 
 log = logging.getLogger("omega.worker")
 
@@ -86,7 +87,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
             ensure_demo_model(settings.demo_model_dir)
         with StartupHeartbeat(settings.progress_logs):
             loaded = load_model(settings, device, lambda msg: progress(f"{tag} {msg}"))
-            engine = Engine(loaded, settings)
+            engine = Engine(loaded, settings, DeltaPublisher(redis))
             progress(f"{tag} torch.compile=off")
             progress(f"{tag} Warmup…")
             engine.warmup()

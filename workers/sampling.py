@@ -18,6 +18,7 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 from shared.contract import SamplingParams
+from workers.streaming import DeltaTracker
 
 
 @dataclass
@@ -32,6 +33,8 @@ class RowPlan:
     cancel_step: int | None = None  # generated-token count at which the row was stopped for it
     first_token_at: float | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
+    job_id: str = ""
+    tracker: DeltaTracker | None = field(default=None, repr=False)  # streaming rows only
 
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
@@ -147,9 +150,16 @@ class RowStopper(StoppingCriteria):
     """Ends each row at its own max_tokens, or when its text contains one of its stop strings."""
 
     def __init__(
-        self, plans: Sequence[RowPlan], prompt_width: int, decode: Callable[[list[int]], str], device: torch.device
+        self,
+        plans: Sequence[RowPlan],
+        prompt_width: int,
+        decode: Callable[[list[int]], str],
+        device: torch.device,
+        on_delta: Callable[[str, str], None] | None = None,
     ) -> None:
         self.plans = list(plans)
+        self.on_delta = on_delta
+        self.stream_rows = [i for i, p in enumerate(self.plans) if p.tracker is not None]
         self.prompt_width = prompt_width
         self.decode = decode
         self.limits = torch.tensor([p.max_new_tokens for p in self.plans], dtype=torch.long, device=device)
@@ -161,6 +171,8 @@ class RowStopper(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
         step = input_ids.shape[1] - self.prompt_width
         done = step >= self.limits
+        if self.stream_rows and step > 0 and self.on_delta is not None:
+            self._stream(input_ids[self.stream_rows, -1].tolist())
         canceled = [i for i, p in enumerate(self.plans) if p.cancel_requested]
         if canceled:
             done = done.clone()
@@ -182,3 +194,11 @@ class RowStopper(StoppingCriteria):
                 done = done.clone()
                 done[stopped] = True
         return done  # type: ignore[return-value]
+
+    def _stream(self, last_tokens: list[int]) -> None:
+        assert self.on_delta is not None
+        for row, token in zip(self.stream_rows, last_tokens, strict=True):
+            plan = self.plans[row]
+            assert plan.tracker is not None
+            if plan.cancel_step is None:
+                self.on_delta(plan.job_id, plan.tracker.push(token))
