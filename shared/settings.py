@@ -46,6 +46,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dtype: Dtype = "auto"
     attn_impl: AttnImpl = "flash_attention_2"
     attn_strict: bool = False
+    # Static KV cache + torch.compile (CUDA graphs) for decoding. auto: on for GPU workers, with
+    # a fallback to the eager path if it fails at warm-up.
+    torch_compile: Literal["auto", "on", "off"] = "auto"
 
     # --- batching / limits / backpressure ----------------------------------------------------
     max_batch_size: Annotated[int, Meta(ge=1, le=1024)] = 8
@@ -54,6 +57,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_input_tokens: PositiveInt = 16384
     max_model_length: Annotated[int, Meta(ge=2)] = 8192
     max_new_tokens_default: PositiveInt = 512
+    # Per generate call: rows x (prompt + new tokens), the KV cache's size; and decoded image
+    # pixels. A pulled batch over either is split. 0 = no limit.
+    max_batch_tokens: NonNegInt = 0
+    max_batch_pixels: NonNegInt = 0
     request_timeout_s: PositiveFloat = 300.0
 
     # --- generation defaults -----------------------------------------------------------------

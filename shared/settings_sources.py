@@ -68,6 +68,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("dtype", "DTYPE", "--dtype", "auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)"),
     _o("attn_impl", "ATTN_IMPL", "--attn-impl", "flash_attention_2 | sdpa | eager"),
     _o("attn_strict", "ATTN_STRICT", "--attn-strict", "Fail start-up instead of falling back"),
+    _o(
+        "torch_compile",
+        "TORCH_COMPILE",
+        "--torch-compile",
+        "auto | on | off: static KV cache + torch.compile for decoding (auto: on for GPU)",
+    ),
     # batching and limits
     _o("max_batch_size", "MAX_BATCH_SIZE", "--max-batch-size", "Requests per micro-batch"),
     _o("batch_timeout_ms", "BATCH_TIMEOUT_MS", "--batch-timeout-ms", "Micro-batch collection window"),
@@ -80,6 +86,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _o("max_model_length", "MAX_MODEL_LENGTH", "--max-model-length", "Prompt + new tokens per row"),
     _o("max_new_tokens_default", "MAX_NEW_TOKENS_DEFAULT", "--default-max-tokens", "Default and cap for max_tokens"),
+    _o(
+        "max_batch_tokens",
+        "MAX_BATCH_TOKENS",
+        "--max-batch-tokens",
+        "Per generate call: rows x (prompt + new tokens) at most (0 = no limit)",
+    ),
+    _o(
+        "max_batch_pixels",
+        "MAX_BATCH_PIXELS",
+        "--max-batch-pixels",
+        "Per generate call: image pixels at most (0 = no limit)",
+    ),
     _o("request_timeout_s", "REQUEST_TIMEOUT_S", "--request-timeout-s", "Synchronous wait before 504"),
     # generation defaults
     _o("do_sample_default", "DO_SAMPLE_DEFAULT", "--default-sampling", "Sample by default (else greedy)"),

@@ -26,6 +26,7 @@ class PreparedRow:
     seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # 1-D, aligned with input_ids
     image_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # first dim = images/patches
     truncated_tokens: int = 0
+    pixels: int = 0  # of the decoded images, for the batch pixel budget
 
     @property
     def prompt_tokens(self) -> int:
@@ -48,6 +49,40 @@ def group_compatible(rows: Sequence[PreparedRow]) -> list[list[PreparedRow]]:
         else:
             groups.append((dict(sig), [row]))
     return [members for _, members in groups]
+
+
+# Below this share of real (not padding) prompt tokens, a group is split by length: the padded
+# positions cost prefill compute and KV-cache memory for every row of the batch.
+MIN_FILL = 0.3
+
+
+def _fits(rows: Sequence[PreparedRow], max_tokens: int, max_pixels: int, min_fill: float) -> bool:
+    width = max(r.prompt_tokens for r in rows)
+    longest = max(r.plan.max_new_tokens for r in rows)
+    if max_tokens and len(rows) > 1 and len(rows) * (width + longest) > max_tokens:
+        return False
+    if max_pixels and len(rows) > 1 and sum(r.pixels for r in rows) > max_pixels:
+        return False
+    return sum(r.prompt_tokens for r in rows) >= min_fill * len(rows) * width
+
+
+def plan_groups(
+    rows: Sequence[PreparedRow], max_tokens: int = 0, max_pixels: int = 0, min_fill: float = MIN_FILL
+) -> list[list[PreparedRow]]:
+    """Generate calls for these rows: shape-compatible, within the token budget (rows x (prompt +
+    new tokens), the KV-cache size) and pixel budget, and of similar prompt lengths. Every row's
+    output is the same whichever group it lands in."""
+    planned: list[list[PreparedRow]] = []
+    for group in group_compatible(rows):
+        current: list[PreparedRow] = []
+        for row in sorted(group, key=lambda r: r.prompt_tokens):
+            if current and not _fits([*current, row], max_tokens, max_pixels, min_fill):
+                planned.append(current)
+                current = []
+            current.append(row)
+        if current:
+            planned.append(current)
+    return planned
 
 
 @dataclass

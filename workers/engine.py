@@ -22,7 +22,7 @@ from shared.contract import FinishReason, JobPayload, SamplingParams
 from shared.errors import InvalidRequest
 from shared.prompt import render_prompt
 from shared.settings import Settings
-from workers.batch import PreparedRow, collate, group_compatible
+from workers.batch import MIN_FILL, PreparedRow, collate, plan_groups
 from workers.loader import LoadedModel
 from workers.sampling import RowPlan, RowSampler, RowStopper
 from workers.streaming import DeltaPublisher, DeltaTracker
@@ -47,6 +47,9 @@ class Engine:
         self.settings = settings
         self.publisher = publisher  # where streaming rows' text goes as it is generated
         self.generate_calls = 0  # observable proof of micro-batching (tests, metrics)
+        self.min_fill = MIN_FILL
+        mode = settings.torch_compile
+        self.compiled = mode == "on" or (mode == "auto" and loaded.device.type == "cuda")
 
     # --- preparing one row ---------------------------------------------------------------
     def prompt_text(self, job: JobPayload) -> str:
@@ -96,6 +99,7 @@ class Engine:
             seq_extras,
             image_extras,
             truncated_tokens=cut,
+            pixels=sum(image.width * image.height for image in images),
         )
 
     def _truncation(self, input_ids: torch.Tensor) -> int:
@@ -132,14 +136,15 @@ class Engine:
     # --- generating a batch --------------------------------------------------------------
     def generate(self, rows: Sequence[PreparedRow]) -> list[RowOutput]:
         results: dict[int, RowOutput] = {}
-        for group in group_compatible(rows):
+        s = self.settings
+        for group in plan_groups(rows, s.max_batch_tokens, s.max_batch_pixels, self.min_fill):
             for row, output in zip(group, self._generate_group(group), strict=True):
                 results[id(row)] = output
         return [results[id(r)] for r in rows]
 
     @torch.inference_mode()
     def _generate_group(self, rows: Sequence[PreparedRow]) -> list[RowOutput]:
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         m = self.m
         batch = collate(rows, m.pad_id, m.device, m.dtype)
@@ -147,13 +152,7 @@ class Engine:
         sampler = RowSampler(plans, batch.prompt_width, batch.pad_lengths, m.eos_ids, m.device)
         on_delta = self.publisher.publish if self.publisher is not None else None
         stopper = RowStopper(plans, batch.prompt_width, self._decode_raw, m.device, on_delta)
-        config = GenerationConfig(
-            max_new_tokens=max(p.max_new_tokens for p in plans),
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=m.eos_ids,
-            pad_token_id=m.pad_id,
-        )
+        config = self._generation_config(plans)
         started = time.perf_counter()
         sequences = m.model.generate(
             **batch.inputs,
@@ -164,6 +163,23 @@ class Engine:
         self.generate_calls += 1
         generated = sequences[:, batch.prompt_width :].tolist()
         return [self._finish(row, tokens, started) for row, tokens in zip(rows, generated, strict=True)]
+
+    def _generation_config(self, plans: Sequence[RowPlan]) -> Any:
+        from transformers import CompileConfig, GenerationConfig
+
+        config = GenerationConfig(
+            max_new_tokens=max(p.max_new_tokens for p in plans),
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self.m.eos_ids,
+            pad_token_id=self.m.pad_id,
+        )
+        if self.compiled:
+            # A static cache makes the decode step's shapes fixed, so transformers compiles it
+            # (CUDA graphs) once per batch shape and replays it.
+            config.cache_implementation = "static"
+            config.compile_config = CompileConfig(mode="reduce-overhead")
+        return config
 
     def _decode_raw(self, tokens: list[int]) -> str:
         return str(self.m.tokenizer.decode(tokens, skip_special_tokens=True))
@@ -186,7 +202,7 @@ class Engine:
         if plan.tracker is not None and self.publisher is not None and plan.cancel_step is None:
             self.publisher.publish(plan.job_id, plan.tracker.finish(text))
         first = plan.first_token_at - started if plan.first_token_at is not None else None
-        seed = plan.seed if plan.params.seed is not None or plan.generator is not None else None
+        seed = plan.seed if plan.params.seed is not None or plan.sampled else None
         return RowOutput(text, reason, row.prompt_tokens, len(kept), row.truncated_tokens, seed, first)
 
     # --- warm-up --------------------------------------------------------------------------
@@ -205,5 +221,13 @@ class Engine:
             params=SamplingParams(max_new_tokens=2),
             created_at=time.time(),
         )
-        self.generate([self.prepare(job, images)])
+        try:
+            self.generate([self.prepare(job, images)])
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            # The compiled path is an optimisation: fall back to the eager one, say so.
+            log.warning("torch.compile / static cache failed at warm-up (%s): falling back", exc)
+            self.compiled = False
+            self.generate([self.prepare(job, images)])
         self.generate_calls = 0

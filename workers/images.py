@@ -6,10 +6,11 @@ resized images by their content hash skips both the blob-store round trip and th
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from PIL import Image
 
@@ -39,6 +40,10 @@ class ImageCache:
             self.hits += 1
             return image
 
+    def contains(self, digest: str) -> bool:
+        with self._lock:
+            return digest in self._items
+
     def put(self, digest: str, image: Image.Image) -> None:
         if self.capacity <= 0:
             return
@@ -57,6 +62,8 @@ class ImageLoader:
         self.settings = settings
         self.cache = ImageCache(settings.image_cache_size)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image-load")
+        self._inflight: dict[str, Future[Image.Image | ServiceError]] = {}
+        self._inflight_lock = threading.RLock()  # a done future runs its callback at once, here
 
     def _load(self, digest: str) -> Image.Image | ServiceError:
         cached = self.cache.get(digest)
@@ -70,9 +77,30 @@ class ImageLoader:
         self.cache.put(digest, image)
         return image
 
+    def _future(self, digest: str) -> Future[Image.Image | ServiceError]:
+        """The load of `digest`, started now unless one is already running (e.g. a prefetch)."""
+        with self._inflight_lock:
+            future = self._inflight.get(digest)
+            if future is None:
+                future = self._pool.submit(self._load, digest)
+                self._inflight[digest] = future
+                future.add_done_callback(functools.partial(self._forget, digest))
+            return future
+
+    def _forget(self, digest: str, _done: object = None) -> None:
+        with self._inflight_lock:
+            self._inflight.pop(digest, None)
+
+    def prefetch(self, digests: Iterable[str]) -> None:
+        """Start fetching and decoding images of jobs still waiting, while the current batch runs."""
+        for digest in dict.fromkeys(digests):
+            if self.cache.capacity > 0 and not self.cache.contains(digest):
+                self._future(digest)
+
     def load_many(self, digests: Iterable[str]) -> dict[str, Image.Image | ServiceError]:
         unique = list(dict.fromkeys(digests))
-        return dict(zip(unique, self._pool.map(self._load, unique), strict=True))
+        futures = [self._future(d) for d in unique]
+        return {d: f.result() for d, f in zip(unique, futures, strict=True)}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -88,9 +88,9 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         with StartupHeartbeat(settings.progress_logs):
             loaded = load_model(settings, device, lambda msg: progress(f"{tag} {msg}"))
             engine = Engine(loaded, settings, DeltaPublisher(redis))
-            progress(f"{tag} torch.compile=off")
             progress(f"{tag} Warmup…")
             engine.warmup()
+            progress(f"{tag} torch.compile={'on' if engine.compiled else 'off'}")
     except Exception as exc:
         log.error("worker %s failed to start: %s", worker_id, exc, exc_info=settings.debug)
         member.update(state="failed", error=str(exc) if not settings.redact_source else type(exc).__name__)

@@ -189,6 +189,7 @@ class BatchWorker(SimpleWorker):
                 except Exception as exc:  # a job this worker cannot even read fails alone
                     outcomes[index] = job_error(exc, item.job.id)
             began = time.perf_counter()
+            self._prefetch_next(queue)
             try:
                 results = self.runner.run([b for _, b in items]) if items else []
             except Exception as exc:  # the runner isolates failures; this is a last line of defence
@@ -202,6 +203,20 @@ class BatchWorker(SimpleWorker):
         finally:
             with self._running_lock:
                 self.running = []
+
+    def _prefetch_next(self, queue: Queue) -> None:
+        """While this batch generates, fetch and decode the images of the jobs waiting next."""
+        if self.runner.images.cache.capacity > 0:
+            threading.Thread(target=self._prefetch, args=(queue,), name="prefetch", daemon=True).start()
+
+    def _prefetch(self, queue: Queue) -> None:
+        try:
+            ids = [i.decode() for i in self.connection.lrange(queue.key, 0, self.max_batch_size - 1)]
+            jobs = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
+            digests = [d for job in jobs if job is not None for d in decode_payload(job.args[0]).image_blobs]
+            self.runner.images.prefetch(digests)
+        except Exception:  # an optimisation only: the batch loads what it needs itself
+            log.debug("prefetch failed", exc_info=True)
 
     def _record(self, item: Running, queue: Queue, outcome: JobResult | JobError) -> None:
         """Write a job's outcome, waiting out a Redis outage: the result is only in memory."""

@@ -2,9 +2,11 @@
 
 `generate` runs greedy over the batch; `RowSampler` (a logits processor) picks every row's next
 token with that row's own parameters (temperature, top-k, top-p, penalties, min_tokens) and its
-own seeded `torch.Generator`, then leaves only the chosen token, so greedy takes it. Each row's
-choice depends only on its own logits and its own generator, which is what makes a seeded request
-produce the same text alone or inside any batch. `RowStopper` ends rows at their own
+own seed, then leaves only the chosen token, so greedy takes it. Random numbers come from a
+counter-based generator computed on the device: a hash of (seed, step, token id). One vectorised
+op serves every row, nothing is read back to the host, and a row's draw depends only on its own
+seed and logits, which is what makes a seeded request produce the same text alone or inside any
+batch (and on CPU or GPU alike). `RowStopper` ends rows at their own
 `max_tokens` or stop strings.
 """
 
@@ -32,9 +34,44 @@ class RowPlan:
     cancel_requested: bool = False  # set from another thread; the stopper ends the row
     cancel_step: int | None = None  # generated-token count at which the row was stopped for it
     first_token_at: float | None = None
-    generator: torch.Generator | None = field(default=None, repr=False)
     job_id: str = ""
     tracker: DeltaTracker | None = field(default=None, repr=False)  # streaming rows only
+
+    @property
+    def sampled(self) -> bool:
+        return self.params.do_sample and self.params.temperature > 0
+
+
+def _signed(value: int) -> int:
+    """A 64-bit constant as torch's int64 holds it (torch has no uint64 arithmetic)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# splitmix64's constants, and an odd multiplier that spreads steps apart.
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+_STEP = _signed(0x632BE59BD9B4E019)
+
+
+def _shift(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def exponential_noise(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """(B, V) Exp(1) noise: splitmix64 of (seed, step, token id), wrapping int64 arithmetic."""
+
+    def const(value: int) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.int64, device=seeds.device)
+
+    tokens = torch.arange(vocab, device=seeds.device, dtype=torch.int64).unsqueeze(0)
+    z = seeds.unsqueeze(1) * const(_GOLDEN) + const(step) * const(_STEP) + tokens + const(_GOLDEN)
+    z = (z ^ _shift(z, 30)) * const(_MIX1)
+    z = (z ^ _shift(z, 27)) * const(_MIX2)
+    z = z ^ _shift(z, 31)
+    uniform = (_shift(z, 40).to(torch.float32) + 0.5) / float(1 << 24)  # in (0, 1), never 0
+    return -torch.log(uniform)
 
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
@@ -70,9 +107,7 @@ class RowSampler(LogitsProcessor):
         self.use_repetition = any(p.repetition_penalty != 1.0 for p in params)
         self.use_counts = any(p.presence_penalty or p.frequency_penalty for p in params)
         self.use_min = any(p.min_new_tokens > 0 for p in params)
-        for plan in self.plans:
-            if plan.params.do_sample and plan.params.temperature > 0:
-                plan.generator = torch.Generator(device=device).manual_seed(plan.seed)
+        self.seeds = torch.tensor([p.seed for p in self.plans], dtype=torch.int64, device=device)
         self.seen: torch.Tensor | None = None  # (B, V) tokens in prompt + output, for repetition
         self.counts: torch.Tensor | None = None  # (B, V) output token counts, for presence/frequency
 
@@ -103,7 +138,7 @@ class RowSampler(LogitsProcessor):
             scores = scores - self.presence * (self.counts > 0) - self.frequency * self.counts
         return scores
 
-    def _sample(self, scores: torch.Tensor) -> torch.Tensor:
+    def _sample(self, scores: torch.Tensor, step: int) -> torch.Tensor:
         """Token ids for the sampling rows (exact categorical draw by the exponential race)."""
         logits = scores / self.temperature
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
@@ -115,10 +150,7 @@ class RowSampler(LogitsProcessor):
         before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each token
         keep = (before < self.top_p) | (ranks == 0)
         log_probs = torch.log(probs).masked_fill(~keep, float("-inf"))
-        noise = torch.ones_like(logits)
-        for row, plan in enumerate(self.plans):
-            if plan.generator is not None:
-                noise[row].exponential_(generator=plan.generator)
+        noise = exponential_noise(self.seeds, step, vocab)
         # argmax(p / E) with E ~ Exp(1) is a draw from p; the noise is indexed by token id so a
         # row's draw does not depend on how its logits happened to sort.
         race = log_probs - torch.log(torch.gather(noise, 1, order))
@@ -140,7 +172,8 @@ class RowSampler(LogitsProcessor):
             scores_f = scores_f.masked_fill(blocked & eos_mask, float("-inf"))
         chosen = scores_f.argmax(dim=-1)
         if self.any_sampling:
-            chosen = torch.where(self.sampling_rows, self._sample(scores_f), chosen)
+            step = input_ids.shape[1] - self.prompt_width
+            chosen = torch.where(self.sampling_rows, self._sample(scores_f, step), chosen)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, chosen.unsqueeze(1), 0.0)
         return out  # type: ignore[return-value]

@@ -104,3 +104,36 @@ def test_max_batch_size_splits_batches(engine: Engine, redis_server: RedisServer
     worker.work(burst=True)
     assert sizes == [3, 3, 1]
     assert len(FinishedJobRegistry(queue=queue)) == 7
+
+
+class CountingStore(LocalBlobStore):
+    reads = 0
+
+    def get_bytes(self, key: str) -> bytes:
+        CountingStore.reads += 1
+        return super().get_bytes(key)
+
+
+def test_images_of_the_next_batch_are_fetched_while_this_one_generates(
+    engine: Engine, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    conn = redis_server.client(db=13)
+    conn.flushdb()
+    store = CountingStore(tmp_path / "blobs")
+    blobs = [put_image(store, image_bytes("PNG", (40 + i, 30), (i * 40, 10, 10))) for i in range(4)]
+    queue = Queue("omega.unit3", connection=conn, serializer=MsgpackSerializer)
+    for i, blob in enumerate(blobs):
+        queue.enqueue_call(func=keys.JOB_FUNC, args=(encode(payload(i, blob)),), job_id=f"p-{i}")
+    loader = ImageLoader(store, engine.settings)
+    worker = BatchWorker(
+        [queue],
+        connection=conn,
+        runner=BatchRunner(engine, loader, "unit-worker"),
+        max_batch_size=2,
+        batch_timeout_ms=0,
+    )
+    CountingStore.reads = 0
+    worker.work(burst=True)
+    assert len(FinishedJobRegistry(queue=queue)) == 4
+    assert CountingStore.reads == 4  # each image fetched once
+    assert loader.cache.hits >= 2  # the second batch found its images already decoded

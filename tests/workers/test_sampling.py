@@ -16,10 +16,9 @@ def draws(params: SamplingParams, n: int = 3000) -> list[int]:
     plan = RowPlan(params=params, max_new_tokens=n, seed=params.seed or 0)
     sampler = RowSampler([plan], prompt_width=1, pad_lengths=[0], eos_ids=[4], device=torch.device("cpu"))
     out = []
-    ids = torch.zeros((1, 1), dtype=torch.long)
-    for _ in range(n):
-        chosen = int(sampler(ids, LOGITS.clone()).argmax())
-        out.append(chosen)
+    for step in range(n):  # one draw per decoding step: the step is part of the random counter
+        ids = torch.zeros((1, 1 + step), dtype=torch.long)
+        out.append(int(sampler(ids, LOGITS.clone()).argmax()))
     return out
 
 
@@ -40,6 +39,16 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
 def test_temperature_zero_and_greedy_rows_take_the_argmax() -> None:
     assert set(draws(SamplingParams(max_new_tokens=1, do_sample=True, temperature=0.0), 50)) == {0}
     assert set(draws(SamplingParams(max_new_tokens=1, do_sample=False), 50)) == {0}
+
+
+def test_noise_depends_only_on_seed_step_and_token() -> None:
+    from workers.sampling import exponential_noise
+
+    alone = exponential_noise(torch.tensor([42]), 3, 50)
+    batched = exponential_noise(torch.tensor([7, 42, 9]), 3, 50)
+    assert torch.equal(alone[0], batched[1])
+    assert not torch.equal(exponential_noise(torch.tensor([42]), 4, 50), alone)
+    assert abs(float(exponential_noise(torch.arange(64), 1, 4096).mean()) - 1.0) < 0.02
 
 
 def test_min_tokens_masks_eos() -> None:
