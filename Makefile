@@ -42,7 +42,7 @@ unit: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .omega .pytest_cache .mypy_cache .ruff_cache

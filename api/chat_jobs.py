@@ -37,7 +37,9 @@ async def build_chat_job(
     params = chat_params(data, settings)
     refs = image_refs(data.messages)
     intake.check_refs(refs)
-    if fleet is not None:
+    if fleet is not None and refs:
+        # Refuse a full or worker-less service before fetching and storing any image (the
+        # enqueue checks again; a text-only request needs only that one check).
         await fleet.choose()
     digests = await intake.store_all(refs)
     payload = JobPayload(

@@ -47,6 +47,7 @@ log = logging.getLogger("omega.janitor")
 LOCK = f"{keys.PREFIX}:lock:janitor"
 MOVING = f"{keys.PREFIX}:janitor:moving"
 ATTEMPTS = "attempts"  # rq job meta: how many runs ended with their worker dead
+TIDY_EVERY_S = 60.0  # expiring old registry entries is housekeeping, not recovery
 
 
 def poison_error(job_id: str, attempts: int) -> JobError:
@@ -70,6 +71,7 @@ class Janitor:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self._tidied = 0.0
 
     # --- the fleet ---------------------------------------------------------------------------
     def _alive(self) -> list[WorkerInfo]:
@@ -234,7 +236,10 @@ class Janitor:
                     if self.redis.lrem(intermediate, 1, job_id) and self._unfinished(job_id):
                         moved += self._enqueue(job_id, live, raise_attempts=False) == "moved"
                     self.redis.lrem(MOVING, 1, job_id)
-                self._tidy(queue_name)
+                if time.monotonic() - self._tidied > TIDY_EVERY_S:
+                    self._tidy(queue_name)
+            if time.monotonic() - self._tidied > TIDY_EVERY_S:
+                self._tidied = time.monotonic()
             if moved or requeued or failed:
                 log.warning(
                     "janitor: moved %d waiting, requeued %d abandoned, failed %d poison job(s)", moved, requeued, failed

@@ -100,40 +100,96 @@ class BatchWorker(SimpleWorker):
             except NoSuchJobError:  # deleted or expired while queued: drop it and look again
                 conn.lrem(intermediate, 1, job_id)
 
+    def _pull_waiting(self, queue: Queue, count: int) -> list[Job]:
+        """Up to `count` jobs already waiting, each moved atomically, all in one round trip."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for _ in range(count):
+                pipe.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
+            ids = [raw.decode() for raw in pipe.execute() if raw is not None]
+        if not ids:
+            return []
+        fetched = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
+        for job_id, job in zip(ids, fetched, strict=True):
+            if job is None:  # deleted or expired while queued
+                self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+        return [job for job in fetched if job is not None]
+
     def _collect(self, first: Job, queue: Queue) -> list[Job]:
-        jobs = [first]
+        jobs = [first, *self._pull_waiting(queue, self.max_batch_size - 1)]
         deadline = time.monotonic() + self.batch_timeout_s
+        # Take what is already waiting at once; wait for more only within the window.
         while len(jobs) < self.max_batch_size and not self._stop_requested:
             left = deadline - time.monotonic()
-            # Take what is already waiting at once; wait only within the window.
-            job = self._pull_one(queue, 0) or (self._pull_one(queue, left) if left > 0.001 else None)
+            job = self._pull_one(queue, left) if left > 0.001 else None
             if job is None:
                 break
             jobs.append(job)
         return jobs
 
-    # --- bookkeeping -----------------------------------------------------------------------
-    def _start(self, job: Job) -> Running:
-        execution = self.prepare_execution(job)
-        self.prepare_job_execution(job, remove_from_intermediate_queue=True)
-        return Running(job, execution)
+    # --- bookkeeping: rq's per-job steps, for the whole batch in one round trip each ---------
+    # rq does these one job at a time in several round trips each (its success path alone WATCHes
+    # for dependents, which our jobs never have); per batch that cost as much as generating.
+    def _start_all(self, jobs: list[Job], queue: Queue) -> list[Running]:
+        """rq's prepare_execution + prepare_job_execution: execution records, started registry,
+        job status and heartbeat, out of the intermediate list."""
+        ttl = max(self.get_heartbeat_ttl(job) for job in jobs)
+        started = []
+        with self.connection.pipeline() as pipe:
+            for job in jobs:
+                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+                self.executions[execution.id] = execution
+                job.heartbeat(now(), ttl, pipeline=pipe)
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.persist(job.key)
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                started.append(Running(job, execution))
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(ttl, pipeline=pipe)
+            pipe.execute()
+        return started
 
-    def _finish(self, running: Running, queue: Queue, outcome: JobResult | JobError) -> None:
-        """rq's own success/failure handling: result on the stream, job in its registry."""
-        job, execution = running.job, running.execution
-        if isinstance(outcome, JobResult):
-            self._finalize_success(job, queue, execution, encode(outcome))
-        else:
-            job._status = JobStatus.FAILED
-            self.handle_execution_ended(job, queue, job.failure_callback_timeout)
-            self.handle_job_failure(job, queue, exc_string=encode_error(outcome), execution=execution)
-
-    def _account(self, running: Running, outcome: JobResult | JobError) -> None:
-        job = running.job
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.zrem(keys.CANCEL_REQUESTS, job.id)
-            if running.batch_id is not None:
-                pipe.hincrby(keys.batch_record(running.batch_id), batch_counter(outcome), 1)
+    def _finish_all(self, done: list[tuple[Running, JobResult | JobError]]) -> None:
+        """rq's success/failure handling for every job of the batch: status, result on the job's
+        results stream (what the API waits on), finished/failed registry, execution cleanup,
+        worker counters; plus our batch counters and cancel-request cleanup."""
+        ended = now()
+        with self.connection.pipeline() as pipe:
+            for running, outcome in done:
+                job, execution = running.job, running.execution
+                job.ended_at = ended
+                started_at = job.started_at or ended
+                if isinstance(outcome, JobResult):
+                    job._result = encode(outcome)
+                    job._status = JobStatus.FINISHED
+                    result_ttl = job.get_result_ttl(self.default_result_ttl)
+                    job._handle_success(
+                        result_ttl,
+                        pipeline=pipe,
+                        worker_name=self.name,
+                        execution_id=execution.id,
+                        execution_started_at=execution.created_at,
+                        execution_ended_at=ended,
+                    )
+                    job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                    self.increment_successful_job_count(pipeline=pipe)
+                else:
+                    job._status = JobStatus.FAILED
+                    job.set_status(JobStatus.FAILED, pipeline=pipe)
+                    job.save(pipeline=pipe, include_meta=False, include_result=False)
+                    job._handle_failure(
+                        encode_error(outcome),
+                        pipeline=pipe,
+                        worker_name=self.name,
+                        execution_id=execution.id,
+                        execution_started_at=execution.created_at,
+                        execution_ended_at=ended,
+                    )
+                    self.increment_failed_job_count(pipeline=pipe)
+                self.increment_total_working_time(ended - started_at, pipe)
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                pipe.zrem(keys.CANCEL_REQUESTS, job.id)
+                if running.batch_id is not None:
+                    pipe.hincrby(keys.batch_record(running.batch_id), batch_counter(outcome), 1)
             pipe.execute()
 
     def maintain_running_heartbeats(self) -> None:
@@ -174,8 +230,8 @@ class BatchWorker(SimpleWorker):
             self.set_state(WorkerStatus.IDLE)
 
     def _run_group(self, jobs: list[Job], queue: Queue) -> None:
-        started = [self._start(j) for j in jobs]
-        with self._running_lock:
+        started = self._start_all(jobs, queue)
+        with self._running_lock:  # until recorded: heartbeats and cancellation cover them
             self.running = started
         try:
             items: list[tuple[int, BatchItem]] = []
@@ -196,8 +252,7 @@ class BatchWorker(SimpleWorker):
                 results = [job_error(exc, b.payload.id) for _, b in items]
             for (index, _), outcome in zip(items, results, strict=True):
                 outcomes[index] = outcome
-            for index, item in enumerate(started):
-                self._record(item, queue, outcomes[index])
+            self._record([(item, outcomes[index]) for index, item in enumerate(started)])
             if self.on_batch:
                 self.on_batch(len(items), time.perf_counter() - began)
         finally:
@@ -218,11 +273,11 @@ class BatchWorker(SimpleWorker):
         except Exception:  # an optimisation only: the batch loads what it needs itself
             log.debug("prefetch failed", exc_info=True)
 
-    def _record(self, item: Running, queue: Queue, outcome: JobResult | JobError) -> None:
-        """Write a job's outcome, waiting out a Redis outage: the result is only in memory."""
-        if self._patiently(lambda: self._finish(item, queue, outcome), item.job.id):
-            metrics.JOBS.labels(_outcome_label(outcome)).inc()
-            self._patiently(lambda: self._account(item, outcome), item.job.id)
+    def _record(self, done: list[tuple[Running, JobResult | JobError]]) -> None:
+        """Write the batch's outcomes, waiting out a Redis outage: the results are only in memory."""
+        if self._patiently(lambda: self._finish_all(done), ", ".join(r.job.id for r, _ in done)):
+            for _, outcome in done:
+                metrics.JOBS.labels(_outcome_label(outcome)).inc()
 
     def _patiently(self, step: Callable[[], None], job_id: str) -> bool:
         delay = 0.5
@@ -241,6 +296,16 @@ class BatchWorker(SimpleWorker):
             except Exception:
                 log.exception("could not record the outcome of job %s", job_id)
                 return False
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """rq's worker heartbeat in one round trip (rq sends its three commands one by one, and
+        its loop beats several times per job: it showed in the service's latency)."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
 
     # --- maintenance belongs to the janitor -----------------------------------------------
     def clean_registries(self) -> None:

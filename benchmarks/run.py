@@ -1,0 +1,337 @@
+"""`make bench`: side-by-side measurements on this machine, written to BENCHMARKS.md.
+
+Everything runs in one go on the same machine, so the figures are ratios of runs that shared it:
+the full service path (HTTP -> Redis -> worker -> HTTP) against the worker's engine called
+in-process on the same model and parameters, throughput at MAX_BATCH_SIZE 1/4/8 against
+in-process batched generation, time to first token with and without streaming, image intake and
+the API's intake capacity. The model is the generated demo model (tiny: the figures measure the
+service's overhead and batching, not a real model's speed; see the GPU section for that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from redis import Redis
+from rq.suspension import resume, suspend
+
+from benchmarks.service import COMPUTE_THREADS, BenchService
+from shared.contract import JobPayload, Message, SamplingParams, TextPart
+from shared.images import decode_image
+from shared.settings_sources import load_settings
+from tests.support.images import ALLOW_NETWORK, data_url, start_image_host
+from workers.demo_model import ensure_demo_model
+from workers.engine import Engine
+from workers.loader import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+NEW_TOKENS = 32
+CLIENTS = 16
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def request(i: int, tokens: int = NEW_TOKENS, **extra: Any) -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": f"benchmark request number {i}"}],
+        "max_tokens": tokens,
+        "min_tokens": tokens,
+        "temperature": 0,
+        **extra,
+    }
+
+
+def job(i: int, tokens: int = NEW_TOKENS) -> JobPayload:
+    return JobPayload(
+        id=f"bench-{i}",
+        messages=(Message("user", (TextPart(f"benchmark request number {i}"),)),),
+        params=SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens),
+        created_at=time.time(),
+    )
+
+
+@dataclass
+class Report:
+    sections: list[str] = field(default_factory=list)
+
+    def add(self, title: str, command: str, lines: list[str]) -> None:
+        self.sections.append(f"### {title}\n\nCommand: `{command}`\n\n" + "\n".join(lines) + "\n")
+        print(f"\n== {title}\n" + "\n".join(lines), flush=True)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# --- in-process reference ------------------------------------------------------------------------
+def in_process_latency(engine: Engine, n: int) -> list[float]:
+    return [timed(lambda i=i: engine.generate([engine.prepare(job(i), [])])) for i in range(n)]
+
+
+def in_process_throughput(engine: Engine, batch: int, total: int) -> float:
+    """Output tokens/s of back-to-back batched generate calls of `batch` rows."""
+    started = time.perf_counter()
+    for start in range(0, total, batch):
+        engine.generate([engine.prepare(job(start + k), []) for k in range(batch)])
+    return total * NEW_TOKENS / (time.perf_counter() - started)
+
+
+# --- through the service -------------------------------------------------------------------------
+def service_latency(url: str, n: int) -> tuple[list[float], list[float]]:
+    latencies, generate = [], []
+    with httpx.Client(base_url=url, timeout=600) as client:
+        for i in range(n):
+            started = time.perf_counter()
+            body = client.post("/v1/chat/completions", json=request(i)).json()
+            latencies.append(time.perf_counter() - started)
+            generate.append(body["service"]["generation_seconds"])
+    return latencies, generate
+
+
+def concurrent(
+    url: str, total: int, clients: int, make: Callable[[int], dict[str, Any]], path: str
+) -> tuple[float, list[Any]]:
+    """(wall seconds, responses) of `total` requests sent by `clients` threads back to back."""
+    results: list[Any] = [None] * total
+    counter = iter(range(total))
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                results[i] = client.post(path, json=make(i))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(client_loop) for _ in range(clients)]:
+            future.result()
+    return time.perf_counter() - started, results
+
+
+def streaming_ttft(url: str, n: int) -> tuple[list[float], list[float], list[float]]:
+    stream, whole, worker = [], [], []
+    with httpx.Client(base_url=url, timeout=600) as client:
+        for i in range(n):
+            started = time.perf_counter()
+            with client.stream("POST", "/v1/chat/completions", json=request(i, stream=True)) as r:
+                lines = r.iter_lines()
+                for line in lines:
+                    if '"content":"' in line and '"content":""' not in line:
+                        stream.append(time.perf_counter() - started)
+                        break
+                for _ in lines:
+                    pass
+            started = time.perf_counter()
+            body = client.post("/v1/chat/completions", json=request(i)).json()
+            whole.append(time.perf_counter() - started)
+            worker.append(body["service"]["time_to_first_token_seconds"] or 0.0)
+    return stream, whole, worker
+
+
+def noise_jpeg(seed: int, size: tuple[int, int] = (1024, 768)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.1f} ms"
+
+
+# --- the suite -----------------------------------------------------------------------------------
+def run(quick: bool) -> str:
+    n_latency, n_through, n_images = (10, 32, 16) if quick else (40, 96, 48)
+    command = "make bench" + (" BENCH_ARGS=--quick" if quick else "")
+    report = Report()
+    data = ROOT / ".omega" / "bench"
+    demo = ensure_demo_model(data / "demo-model")
+    torch.set_num_threads(COMPUTE_THREADS)
+    settings = load_settings(environ={"MODEL_PATH": str(demo)})
+    engine = Engine(load_model(settings, torch.device("cpu"), lambda _: None), settings)
+    engine.warmup()
+
+    host = start_image_host()
+    service = BenchService(demo, IMAGE_FETCH_ALLOW_NETWORKS=ALLOW_NETWORK)
+    try:
+        # 1. latency: full path against in-process, same model, same request, one at a time.
+        service.start_worker(MAX_BATCH_SIZE="8")
+        local = in_process_latency(engine, n_latency)
+        remote, gen = service_latency(service.url, n_latency)
+        overhead = percentile(remote, 50) - percentile(local, 50)
+        report.add(
+            "Latency: full service path vs in-process engine",
+            command,
+            [
+                f"{n_latency} sequential chat requests, {NEW_TOKENS} new tokens each (greedy, min_tokens=max_tokens).",
+                "",
+                "| path | p50 | p99 |",
+                "|---|---|---|",
+                f"| in-process `Engine.generate` | {ms(percentile(local, 50))} | {ms(percentile(local, 99))} |",
+                f"| HTTP -> API -> Redis -> worker -> API -> HTTP | {ms(percentile(remote, 50))} | {ms(percentile(remote, 99))} |",
+                f"| (worker's own generate time inside that) | {ms(percentile(gen, 50))} | {ms(percentile(gen, 99))} |",
+                "",
+                f"**Service overhead at p50: {overhead * 1000:.1f} ms** (target: at most 5 ms on this machine).",
+            ],
+        )
+
+        # 2. throughput at MAX_BATCH_SIZE 1, 4, 8 with 16 concurrent clients.
+        rows = [
+            "| MAX_BATCH_SIZE | service tokens/s | in-process tokens/s (same batch size) | ratio | mean batch |",
+            "|---|---|---|---|---|",
+        ]
+        per_batch: dict[int, float] = {}
+        for batch in (1, 4, 8):
+            service.start_worker(MAX_BATCH_SIZE=str(batch))
+            wall, responses = concurrent(service.url, n_through, CLIENTS, request, "/v1/chat/completions")
+            bodies = [r.json() for r in responses]
+            tokens = sum(b["usage"]["completion_tokens"] for b in bodies)
+            mean_batch = statistics.mean(b["service"]["batch_size"] for b in bodies)
+            reference = in_process_throughput(engine, batch, n_through)
+            per_batch[batch] = tokens / wall
+            rows.append(
+                f"| {batch} | {tokens / wall:.0f} | {reference:.0f} | {tokens / wall / reference:.2f} | "
+                f"{mean_batch:.1f} |"
+            )
+        rows += [
+            "",
+            f"**Batch 8 vs batch 1 through the service: {per_batch[8] / per_batch[1]:.2f}x** output "
+            "tokens/s (target: at least 4x); the ratio column is the full path against in-process "
+            "batched generation (target: at least 0.85).",
+        ]
+        report.add(
+            f"Throughput: {CLIENTS} concurrent clients, {n_through} requests of {NEW_TOKENS} tokens", command, rows
+        )
+
+        # 3. time to first token.
+        service.start_worker(MAX_BATCH_SIZE="8")
+        stream, whole, worker = streaming_ttft(service.url, n_latency // 2)
+        report.add(
+            "Time to first token",
+            command,
+            [
+                "| | p50 | p99 |",
+                "|---|---|---|",
+                f"| streaming: first content chunk at the client | {ms(percentile(stream, 50))} | {ms(percentile(stream, 99))} |",
+                f"| not streaming: the whole answer at the client | {ms(percentile(whole, 50))} | {ms(percentile(whole, 99))} |",
+                f"| worker: start of generate to first token | {ms(percentile(worker, 50))} | {ms(percentile(worker, 99))} |",
+            ],
+        )
+
+        # 4. image intake (workers paused: only validation, fetch, probe, store and enqueue count).
+        redis = Redis.from_url(service.env["REDIS_URL"])
+        suspend(redis)
+        images = [noise_jpeg(i) for i in range(n_images * 2)]
+        urls = [host.add(f"/img{i}.jpg", img, headers={"Content-Type": "image/jpeg"}) for i, img in enumerate(images)]
+
+        def image_job(source: str) -> dict[str, Any]:
+            return {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "image": source}, {"type": "text", "text": "x"}]}
+                ],
+                "max_tokens": 1,
+                "priority": "batch",
+            }
+
+        lines = [
+            f"{n_images} distinct 1024x768 JPEGs (~{len(images[0]) // 1024} KiB each) per row; POST /v1/jobs "
+            "with the workers paused, so nothing but the API's intake is measured.",
+            "",
+            "| source | ms per image (1 client) | images/s (8 clients) |",
+            "|---|---|---|",
+        ]
+        for label, sources in (("data: URL", [data_url(i, "image/jpeg") for i in images]), ("http URL", urls)):
+            one = [
+                timed(lambda s=s: httpx.post(f"{service.url}/v1/jobs", json=image_job(s), timeout=60))
+                for s in sources[:n_images]
+            ]
+            wall, _ = concurrent(service.url, n_images, 8, lambda i, s=sources: image_job(s[n_images + i]), "/v1/jobs")
+            lines.append(f"| {label} | {statistics.median(one) * 1000:.1f} | {n_images / wall:.1f} |")
+        decode = [timed(lambda img=img: decode_image(img, max_side=1024, max_pixels=40_000_000)) for img in images[:16]]
+        lines += [
+            "",
+            f"Worker side, per image: decode + EXIF + resize to 1024 px: {statistics.median(decode) * 1000:.1f} ms"
+            " (done off the decoding loop, and for the next batch while this one generates).",
+        ]
+        report.add("Image intake", command, lines)
+
+        # 5. API intake capacity: validation + enqueue, text only.
+        total = n_through * 2
+        wall, responses = concurrent(service.url, total, CLIENTS, lambda i: request(i), "/v1/jobs")
+        accepted = sum(1 for r in responses if r.status_code == 202)
+        report.add(
+            "API intake capacity",
+            command,
+            [
+                f"{total} POST /v1/jobs (text) from {CLIENTS} clients, workers paused: **{accepted / wall:.0f} requests/s** "
+                f"accepted ({accepted} of {total}) by one API process (uvicorn, 1 process), client on the same 2 cores."
+            ],
+        )
+        resume(redis)
+    finally:
+        service.stop()
+        host.stop()
+    return "\n".join(report.sections)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args()
+    body = run(args.quick)
+    template = (ROOT / "benchmarks" / "BENCHMARKS.template.md").read_text()
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    args.out.write_text(
+        template.format(
+            machine=machine(),
+            date=stamp,
+            cpu_results=body,
+            gpu_results=(ROOT / "benchmarks" / "gpu_results.md").read_text(),
+        )
+    )
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
