@@ -11,6 +11,10 @@ from litestar import Litestar
 from litestar.datastructures import State
 from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry as SyncRetry
 
 from api.batch_runner import BatchRunner
 from api.batches import BatchService
@@ -42,12 +46,15 @@ class Services:
 def _redis(settings: Settings, *, blocking: bool) -> Redis:
     # Every command has a deadline, so a dead Redis becomes a quick 503, never a hang. Blocking
     # reads (XREAD BLOCK) get their own pool and rely on asyncio.wait_for for their deadline.
+    # After a Redis restart every pooled connection is stale: one immediate retry on a fresh
+    # connection hides that from clients, while a Redis that is still down fails the retry fast.
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=4096 if blocking else 256,
         timeout=5,
         socket_connect_timeout=2,
         socket_timeout=None if blocking else 5,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis(connection_pool=pool)
 
@@ -57,7 +64,14 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     redis = _redis(settings, blocking=False)
     blocking = _redis(settings, blocking=True)
-    sync_redis = SyncRedis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    sync_redis = SyncRedis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        # redis-py's default (ten retries with backoff) would hold a request for seconds while
+        # Redis is down; one immediate retry covers a stale connection after a restart.
+        retry=SyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
     fetcher = RemoteImageFetcher(settings)
     store = create_blob_store(settings)
     fleet = FleetView(redis, settings)

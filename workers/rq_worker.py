@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis import Redis
@@ -24,16 +25,19 @@ from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.utils import now
+from rq.results import Result
+from rq.utils import now, utcformat
 from rq.worker import SimpleWorker, WorkerStatus
 
 from shared import keys
 from shared.contract import CANCELED, EXPIRED, JobError, JobResult, decode_payload, encode, encode_error
 from shared.serializer import MsgpackSerializer
 from workers import metrics
+from workers.cancel_watch import CancelWatch
 from workers.runner import BatchItem, BatchRunner, job_error
 
 log = logging.getLogger("omega.worker.rq")
+HEARTBEAT_EVERY_S = 1.0
 # How long a finished job's outcome is held while Redis is unreachable.
 RECORD_PATIENCE_S = 600.0
 
@@ -50,6 +54,12 @@ def batch_counter(outcome: JobResult | JobError) -> str:
     if isinstance(outcome, JobResult):
         return "completed"
     return "canceled" if outcome.code in (CANCELED, EXPIRED) else "failed"
+
+
+def mark_ended(pipe: Any, job: Job, ended: datetime) -> None:
+    """Only a job's status and end time change when it ends: write those two fields, not the
+    whole job (payload and all) as rq's Job.save would."""
+    pipe.hset(job.key, mapping={"status": job._status.value, "ended_at": utcformat(ended)})
 
 
 class BatchWorker(SimpleWorker):
@@ -76,6 +86,9 @@ class BatchWorker(SimpleWorker):
         self.running: list[Running] = []
         self._running_lock = threading.Lock()
         self.shutdown_requested = False
+        self._beat_at = 0.0
+        self._more_waiting = False
+        self.cancels = CancelWatch(self.connection, self.runner.request_cancel)
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         """SIGTERM/SIGINT: stop pulling, finish the batch in hand, then leave (rq's warm shutdown)."""
@@ -115,7 +128,11 @@ class BatchWorker(SimpleWorker):
         return [job for job in fetched if job is not None]
 
     def _collect(self, first: Job, queue: Queue) -> list[Job]:
-        jobs = [first, *self._pull_waiting(queue, self.max_batch_size - 1)]
+        wanted = self.max_batch_size - 1
+        waiting = self._pull_waiting(queue, wanted)
+        # A full pull means more may be waiting: worth prefetching their images meanwhile.
+        self._more_waiting = wanted > 0 and len(waiting) == wanted
+        jobs = [first, *waiting]
         deadline = time.monotonic() + self.batch_timeout_s
         # Take what is already waiting at once; wait for more only within the window.
         while len(jobs) < self.max_batch_size and not self._stop_requested:
@@ -159,23 +176,20 @@ class BatchWorker(SimpleWorker):
                 job.ended_at = ended
                 started_at = job.started_at or ended
                 if isinstance(outcome, JobResult):
-                    job._result = encode(outcome)
+                    # rq's Job._handle_success, minus its full re-save of the job.
                     job._status = JobStatus.FINISHED
                     result_ttl = job.get_result_ttl(self.default_result_ttl)
-                    job._handle_success(
-                        result_ttl,
-                        pipeline=pipe,
-                        worker_name=self.name,
-                        execution_id=execution.id,
-                        execution_started_at=execution.created_at,
-                        execution_ended_at=ended,
-                    )
+                    mark_ended(pipe, job, ended)
+                    Result.create(job, Result.Type.SUCCESSFUL, result_ttl, return_value=encode(outcome),
+                                  worker_name=self.name, pipeline=pipe, execution_id=execution.id,
+                                  execution_started_at=execution.created_at, execution_ended_at=ended)
+                    if result_ttl != 0:
+                        job.finished_job_registry.add(job, result_ttl, pipe)
                     job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
                     self.increment_successful_job_count(pipeline=pipe)
                 else:
                     job._status = JobStatus.FAILED
-                    job.set_status(JobStatus.FAILED, pipeline=pipe)
-                    job.save(pipeline=pipe, include_meta=False, include_result=False)
+                    mark_ended(pipe, job, ended)
                     job._handle_failure(
                         encode_error(outcome),
                         pipeline=pipe,
@@ -194,7 +208,7 @@ class BatchWorker(SimpleWorker):
 
     def maintain_running_heartbeats(self) -> None:
         """Called from the heartbeat thread: keeps long generations out of rq's abandoned-job
-        cleanup, and passes on cancellations the API asked for."""
+        cleanup."""
         with self._running_lock:
             running = list(self.running)
         if not running:
@@ -204,15 +218,6 @@ class BatchWorker(SimpleWorker):
                 self.maintain_heartbeats(item.job, item.execution)
             except Exception:  # a heartbeat must never kill the worker
                 log.debug("heartbeat for job %s failed", item.job.id, exc_info=True)
-        ids = [item.job.id for item in running]
-        try:
-            scores = self.connection.zmscore(keys.CANCEL_REQUESTS, ids)
-        except Exception:
-            log.debug("could not read cancellation requests", exc_info=True)
-            return
-        canceled = [job_id for job_id, score in zip(ids, scores, strict=True) if score is not None]
-        if canceled:
-            self.runner.request_cancel(canceled)
 
     # --- rq's unit of work -----------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -247,7 +252,8 @@ class BatchWorker(SimpleWorker):
             began = time.perf_counter()
             self._prefetch_next(queue)
             try:
-                results = self.runner.run([b for _, b in items]) if items else []
+                with self.cancels.watching([b.payload.id for _, b in items]):
+                    results = self.runner.run([b for _, b in items]) if items else []
             except Exception as exc:  # the runner isolates failures; this is a last line of defence
                 results = [job_error(exc, b.payload.id) for _, b in items]
             for (index, _), outcome in zip(items, results, strict=True):
@@ -261,7 +267,7 @@ class BatchWorker(SimpleWorker):
 
     def _prefetch_next(self, queue: Queue) -> None:
         """While this batch generates, fetch and decode the images of the jobs waiting next."""
-        if self.runner.images.cache.capacity > 0:
+        if self.runner.images.cache.capacity > 0 and self._more_waiting:
             threading.Thread(target=self._prefetch, args=(queue,), name="prefetch", daemon=True).start()
 
     def _prefetch(self, queue: Queue) -> None:
@@ -297,15 +303,25 @@ class BatchWorker(SimpleWorker):
                 log.exception("could not record the outcome of job %s", job_id)
                 return False
 
+    # rq's loop beats and records its state several times per job, each in its own round trips:
+    # on a fast model that was most of the service's latency. The worker record's TTL is a minute,
+    # so one beat a second is plenty; state changes ride along with the next beat or pipeline.
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        """rq's worker heartbeat in one round trip (rq sends its three commands one by one, and
-        its loop beats several times per job: it showed in the service's latency)."""
         if pipeline is not None:
             super().heartbeat(timeout, pipeline=pipeline)
+            pipeline.hset(self.key, "state", self._state)
+            self._beat_at = time.monotonic()
+            return
+        if time.monotonic() - self._beat_at < HEARTBEAT_EVERY_S:
             return
         with self.connection.pipeline(transaction=False) as pipe:
-            super().heartbeat(timeout, pipeline=pipe)
+            self.heartbeat(timeout, pipeline=pipe)
             pipe.execute()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        self._state = state
+        if pipeline is not None:
+            pipeline.hset(self.key, "state", state)
 
     # --- maintenance belongs to the janitor -----------------------------------------------
     def clean_registries(self) -> None:
