@@ -26,11 +26,14 @@ async def build_chat_job(
     job_id: str | None = None,
     expires_at: float | None = None,
     batch_id: str | None = None,
+    streaming: bool = False,
 ) -> tuple[JobPayload, str]:
     """Validate, store the images, and build the job (nothing is enqueued here).
 
     With `fleet`, capacity is checked first: a full or worker-less service refuses before any
-    image is fetched or stored. Returns the job and the model name to answer with.
+    image is fetched or stored. With `streaming`, the worker publishes the text as it grows
+    (only a caller that reads it asks: jobs and batch lines are answered whole). Returns the job
+    and the model name to answer with.
     """
     model = check_model(data.model, settings)
     refuse_unsupported(data)
@@ -50,7 +53,7 @@ async def build_chat_job(
         created_at=time.time(),
         expires_at=expires_at,
         batch_id=batch_id,
-        stream=bool(data.stream),
+        stream=streaming,
     )
     return payload, model
 

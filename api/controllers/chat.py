@@ -26,7 +26,7 @@ class ChatController(Controller):
     @post("", status_code=200, summary="Create a chat completion (OpenAI-compatible; stream=true for SSE)")
     async def create(self, data: ChatCompletionRequest, svc: Services) -> ChatCompletion | Stream:
         started = time.perf_counter()
-        payload, model = await build_chat_job(data, svc.settings, svc.intake, svc.fleet)
+        payload, model = await build_chat_job(data, svc.settings, svc.intake, svc.fleet, streaming=bool(data.stream))
         meta = JobMeta(model=model, created_at=payload.created_at)
         if data.stream:
             # Enqueued before the response starts: a full queue is still a plain 503, not an event.

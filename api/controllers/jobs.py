@@ -17,6 +17,7 @@ from api.jobs import Cancellation, JobSnapshot
 from api.protocol import ChatCompletionRequest, ErrorDetail, JobCreateRequest, JobObject
 from api.services import Services, get_services
 from shared.contract import JobError, JobMeta, JobResult
+from shared.errors import InvalidRequest
 
 
 def _int(value: float | None) -> int | None:
@@ -74,6 +75,11 @@ class JobsController(Controller):
         svc: Services,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", max_length=255)] = None,
     ) -> Response[JobObject]:
+        if data.stream:
+            raise InvalidRequest(
+                "stream is not available for jobs: poll the job, or stream from /v1/chat/completions", param="stream"
+            )
+
         async def create() -> str:
             chat = msgspec.convert(msgspec.to_builtins(data), ChatCompletionRequest)
             fleet = svc.fleet if data.priority == "interactive" else None  # batch work waits in the lane

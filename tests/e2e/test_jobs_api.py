@@ -179,3 +179,5 @@ def test_unknown_job_is_404_and_bad_bodies_are_400(stack: Stack) -> None:
         assert_openai_error(submit(c, {"messages": [{"role": "user", "content": "x"}], "expires_after": -1}), 400)
         assert_openai_error(submit(c, {"messages": [{"role": "user", "content": "x"}], "priority": "urgent"}), 400)
         assert_openai_error(c.get("/v1/jobs/x", params={"wait": "soon"}), 400)
+        streamed = submit(c, {"messages": [{"role": "user", "content": "x"}], "stream": True})
+        assert assert_openai_error(streamed, 400)["param"] == "stream"

@@ -1,0 +1,89 @@
+"""The benchmark scripts keep working: `make bench` (quick) writes every section of BENCHMARKS.md,
+and the GPU engine benchmark runs its whole code path on a small configuration on the CPU.
+
+These check that the figures are produced and well-formed, never how large they are: speed is
+for `make bench` to report, not for tests to assert on a shared machine.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_module(*args: str, timeout: float) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def number(text: str, pattern: str) -> float:
+    found = re.search(pattern, text)
+    assert found, f"{pattern!r} not in the report"
+    return float(found.group(1))
+
+
+def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    run_module("benchmarks.run", "--quick", "--out", str(out), timeout=900)
+    report = out.read_text()
+    assert not re.search(r"\{(machine|date|cpu_results|gpu_results)\}", report), "template placeholders left"
+    for section in (
+        "### Latency: full service path vs in-process engine",
+        "### Throughput: 16 concurrent clients",
+        "### Time to first token",
+        "### Image intake",
+        "### API intake capacity",
+        "## GPU",
+    ):
+        assert section in report, section
+    # Every section names the command that produced it.
+    assert report.count("Command: `make bench BENCH_ARGS=--quick`") == 5
+    assert number(report, r"Service overhead at p50: (-?[\d.]+) ms") > -1000
+    for batch in (1, 4, 8):
+        row = re.search(rf"^\| {batch} \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", report, re.M)
+        assert row, f"no throughput row for MAX_BATCH_SIZE {batch}"
+        assert float(row.group(1)) > 0 and float(row.group(2)) > 0
+    assert number(report, r"Batch 8 vs batch 1 through the service: ([\d.]+)x") > 0
+    assert re.search(r"\| streaming: first content chunk at the client \| [\d.]+ ms \| [\d.]+ ms \|", report)
+    assert re.search(r"\| data: URL \| [\d.]+ \| [\d.]+ \|", report)
+    assert re.search(r"\| http URL \| [\d.]+ \| [\d.]+ \|", report)
+    assert number(report, r"\*\*(\d+) requests/s\*\*") > 0
+
+
+def test_gpu_engine_benchmark_runs_its_whole_path_on_a_tiny_model(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.md"
+    run_module(
+        "benchmarks.gpu_engine",
+        "--tiny",
+        "--device",
+        "cpu",
+        "--tokens",
+        "4",
+        "--batches",
+        "1,2,32",
+        "--runs",
+        "1",
+        "--bandwidth-tbs",
+        "1",
+        "--out",
+        str(out),
+        timeout=900,
+    )
+    text = out.read_text()
+    assert "| | engine, TORCH_COMPILE=on | engine, TORCH_COMPILE=off | plain transformers generate |" in text
+    for label in ("single stream, tokens/s", "first token with a 1024 px image, ms", "batch 1,", "batch 2,", "batch 32,"):
+        row = next((line for line in text.splitlines() if line.startswith(f"| {label}")), None)
+        assert row, label
+        values = [float(v) for v in row.strip("|").split("|")[1:]]
+        assert len(values) == 3 and all(v > 0 for v in values), row
+    assert "Memory-bandwidth floor:" in text and "Batch 32 vs single stream (engine):" in text
