@@ -137,3 +137,32 @@ def test_images_of_the_next_batch_are_fetched_while_this_one_generates(
     assert len(FinishedJobRegistry(queue=queue)) == 4
     assert CountingStore.reads == 4  # each image fetched once
     assert loader.cache.hits >= 2  # the second batch found its images already decoded
+
+
+def test_text_only_batches_do_not_read_ahead(engine: Engine, redis_server: RedisServer, tmp_path: Path) -> None:
+    """Reading the waiting jobs costs the generating process CPU: only batches with images do it."""
+    conn = redis_server.client(db=12)
+    conn.flushdb()
+    store = LocalBlobStore(tmp_path / "blobs")
+    blob = put_image(store, image_bytes("PNG"))
+    queue = Queue("omega.unit4", connection=conn, serializer=MsgpackSerializer)
+    # Two text-only batches, then two image batches, two jobs each.
+    for i in range(8):
+        queue.enqueue_call(func=keys.JOB_FUNC, args=(encode(payload(i, blob if i >= 4 else None)),), job_id=f"t-{i}")
+    read_ahead: list[int] = []
+
+    class Recording(BatchWorker):
+        def _prefetch(self, queue: Queue) -> None:
+            read_ahead.append(len(queue))
+            super()._prefetch(queue)
+
+    worker = Recording(
+        [queue],
+        connection=conn,
+        runner=BatchRunner(engine, ImageLoader(store, engine.settings), "unit-worker"),
+        max_batch_size=2,
+        batch_timeout_ms=0,
+    )
+    worker.work(burst=True)
+    assert len(FinishedJobRegistry(queue=queue)) == 8
+    assert read_ahead == [2, 0]  # the two image batches only (the last one found nothing left)
