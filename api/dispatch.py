@@ -20,11 +20,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 from rq.job import Job, JobStatus
-from rq.queue import Queue
 from rq.results import Result
 from rq.utils import now
 
-from api.fleet_view import FleetView
+from api.admission import Admitter
+from api.fleet_view import FleetView, QueueLoad
 from shared import keys
 from shared.contract import JobError, JobMeta, JobPayload, JobResult, decode_error, decode_result, encode
 from shared.errors import GatewayTimeout, ServiceError, error_from_fields
@@ -62,9 +62,9 @@ def job_fields(job: Job) -> JobFields:
     return fields
 
 
-def queued_fields(job: Job, queue_name: str) -> JobFields:
-    """The job's hash as rq's Queue.enqueue_job leaves it (origin, enqueue time, queued status)."""
-    job.origin = queue_name
+def queued_fields(job: Job) -> JobFields:
+    """The job's hash as rq's Queue.enqueue_job leaves it (enqueue time, queued status; the
+    admission script adds the queue it chose as `origin`)."""
     job.enqueued_at = now()
     job._status = JobStatus.QUEUED
     return job_fields(job)
@@ -83,9 +83,9 @@ class Dispatcher:
         self.blocking_redis = blocking_redis  # its own pool: blocked reads never starve others
         self.sync_redis = sync_redis
         self.fleet = fleet
-        # Check-then-enqueue is atomic within this process, so MAX_QUEUE_SIZE holds exactly
-        # for one API process (and within a handful of jobs across replicas).
-        self._admission = asyncio.Lock()
+        # Choosing a queue and enqueueing are one Lua script: MAX_QUEUE_SIZE holds exactly
+        # across API replicas, in one round trip.
+        self.admitter = Admitter(redis, settings.max_queue_size)
 
     def new_job(self, payload: JobPayload, meta: JobMeta, ttl_s: int) -> Job:
         return Job.create(
@@ -101,18 +101,6 @@ class Dispatcher:
             description=f"{payload.kind} job",
         )
 
-    async def _enqueue(self, queue_name: str, job: Job) -> None:
-        """rq's Queue.enqueue_job for our jobs (no dependencies, no TTL, no rate limit), written
-        as one transaction on the async client: rq's own would take two round trips from a
-        thread, on the path of every interactive request."""
-        queue_key = keys.rq_queue_key(queue_name)
-        queued = queued_fields(job, queue_name)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(Queue.redis_queues_keys, queue_key)
-            pipe.hset(job.key, mapping=queued)
-            pipe.rpush(queue_key, job.id)
-            await pipe.execute()
-
     async def _to_lane(self, job: Job) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(job.key, mapping=job_fields(job))
@@ -126,10 +114,12 @@ class Dispatcher:
         if meta.priority == "batch":
             await self._to_lane(job)
             return Submitted(payload.id, None)
-        async with self._admission:
-            target = await self.fleet.choose()
-            await self._enqueue(target.worker.queue, job)
-        return Submitted(payload.id, target.worker.queue)
+        workers = await self.fleet.candidates()
+        admitted = await self.admitter.admit(job.key, job.id, queued_fields(job), workers)
+        if admitted.worker is None:
+            seen = zip(workers, admitted.waiting, admitted.in_flight, strict=True)
+            raise self.fleet.full([QueueLoad(w, waiting, in_flight) for w, waiting, in_flight in seen])
+        return Submitted(payload.id, admitted.worker.queue)
 
     async def next_outcome(self, job_id: str, timeout_s: float, after: str = "0-0") -> tuple[Outcome | None, str]:
         """The job's final outcome, waiting up to `timeout_s`; (None, last id) on timeout."""

@@ -67,15 +67,23 @@ class FleetView:
             counts = await pipe.execute()
         return [QueueLoad(w, int(counts[2 * i]), int(counts[2 * i + 1])) for i, w in enumerate(workers)]
 
-    async def choose(self) -> QueueLoad:
-        """The least-loaded live queue with room; ready workers before ones still loading."""
+    async def candidates(self) -> list[WorkerInfo]:
+        """The live workers a job may go to; ServiceUnavailable when there are none."""
         workers = await self.live_workers()
         if not workers:
             raise ServiceUnavailable("no worker is available yet; retry shortly", retry_after_s=5, code="no_workers")
-        loads = await self.loads(workers)
+        return workers
+
+    def full(self, loads: list[QueueLoad]) -> Overloaded:
+        return Overloaded("every queue is full (MAX_QUEUE_SIZE); retry later", retry_after_s=self.retry_after(loads))
+
+    async def choose(self) -> QueueLoad:
+        """The least-loaded live queue with room; ready workers before ones still loading.
+        (Enqueueing chooses again, atomically, in api/admission.py; this is the early check.)"""
+        loads = await self.loads(await self.candidates())
         open_ = [q for q in loads if q.waiting < self.settings.max_queue_size]
         if not open_:
-            raise Overloaded("every queue is full (MAX_QUEUE_SIZE); retry later", retry_after_s=self.retry_after(loads))
+            raise self.full(loads)
         best = min((not q.worker.ready, q.score) for q in open_)
         return random.choice([q for q in open_ if (not q.worker.ready, q.score) == best])
 
