@@ -43,6 +43,7 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
         "### Time to first token",
         "### Image intake",
         "### API intake capacity",
+        "### Engine against plain transformers generate (CPU)",
         "## GPU",
     ):
         assert section in report, section
@@ -58,6 +59,8 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     assert re.search(r"\| data: URL \| [\d.]+ \| [\d.]+ \|", report)
     assert re.search(r"\| http URL \| [\d.]+ \| [\d.]+ \|", report)
     assert number(report, r"\*\*(\d+) requests/s\*\*") > 0
+    assert "Command: `python -m benchmarks.gpu_engine --tiny --device cpu" in report
+    assert re.search(r"^\| batch 8, output tokens/s \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", report, re.M)
 
 
 def test_gpu_engine_benchmark_runs_its_whole_path_on_a_tiny_model(tmp_path: Path) -> None:
