@@ -40,6 +40,7 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     for section in (
         "### Latency: full service path vs in-process engine",
         "### Throughput: 16 concurrent clients",
+        "### Requests with images: read-ahead on and off",
         "### Time to first token",
         "### Image intake",
         "### API intake capacity",
@@ -48,7 +49,7 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     ):
         assert section in report, section
     # Every section names the command that produced it.
-    assert report.count("Command: `make bench BENCH_ARGS=--quick`") == 5
+    assert report.count("Command: `make bench BENCH_ARGS=--quick`") == 6
     assert number(report, r"Service overhead at p50: (-?[\d.]+) ms") > -1000
     for batch in (1, 4, 8):
         row = re.search(rf"^\| {batch} \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", report, re.M)
@@ -57,6 +58,8 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     assert number(report, r"Batch 8 vs batch 1 through the service: ([\d.]+)x") > 0
     assert re.search(r"\| streaming: first content chunk at the client \| [\d.]+ ms \| [\d.]+ ms \|", report)
     assert re.search(r"\| data: URL \| [\d.]+ \| [\d.]+ \|", report)
+    assert re.search(r"\| read-ahead on \(default\) \| [\d.]+ \| \d+ \|", report)
+    assert re.search(r"\| read-ahead off \(IMAGE_CACHE_SIZE=0\) \| [\d.]+ \| \d+ \|", report)
     assert re.search(r"\| http URL \| [\d.]+ \| [\d.]+ \|", report)
     assert number(report, r"\*\*(\d+) requests/s\*\*") > 0
     assert "Command: `python -m benchmarks.gpu_engine --tiny --device cpu" in report

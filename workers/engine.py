@@ -8,6 +8,7 @@ here and fails alone. `generate` returns one `RowOutput` per row, in order.
 
 from __future__ import annotations
 
+import copy
 import logging
 import secrets
 import time
@@ -41,6 +42,12 @@ class RowOutput:
     first_token_seconds: float | None
 
 
+@dataclass(frozen=True)
+class Tools:
+    processor: Any
+    tokenizer: Any
+
+
 class Engine:
     def __init__(self, loaded: LoadedModel, settings: Settings, publisher: DeltaPublisher | None = None) -> None:
         self.m = loaded
@@ -58,18 +65,26 @@ class Engine:
         card = self.m.card
         return render_prompt(card.chat_template, card.template_kwargs, job.messages)
 
-    def _encode(self, job: JobPayload, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+    def private_tools(self) -> Tools:
+        """A processor and tokenizer of one's own, for preparing rows on another thread: the
+        tokenizer keeps per-call state and the decoding loop uses the model's own."""
+        processor = copy.deepcopy(self.m.processor)
+        tokenizer = getattr(processor, "tokenizer", None) or copy.deepcopy(self.m.tokenizer)
+        return Tools(processor, tokenizer)
+
+    def _encode(
+        self, job: JobPayload, images: Sequence[Image.Image], tools: Tools | None = None
+    ) -> dict[str, torch.Tensor]:
         text = self.prompt_text(job)
+        processor, tokenizer = (tools.processor, tools.tokenizer) if tools else (self.m.processor, self.m.tokenizer)
         # Chat templates write BOS themselves; a raw /generate prompt gets the tokenizer's usual
         # special tokens, as TGI does.
         add_special = job.kind == "generate"
         if not self.m.supports_images:
-            return dict(self.m.tokenizer([text], return_tensors="pt", add_special_tokens=add_special))
+            return dict(tokenizer([text], return_tensors="pt", add_special_tokens=add_special))
         try:
             return dict(
-                self.m.processor(
-                    text=[text], images=list(images) or None, return_tensors="pt", add_special_tokens=add_special
-                )
+                processor(text=[text], images=list(images) or None, return_tensors="pt", add_special_tokens=add_special)
             )
         except ValueError as exc:
             log.info("processor rejected job %s: %s", job.id, exc)
@@ -79,10 +94,11 @@ class Engine:
                 param="messages",
             ) from None
 
-    def prepare(self, job: JobPayload, images: Sequence[Image.Image]) -> PreparedRow:
+    def prepare(self, job: JobPayload, images: Sequence[Image.Image], tools: Tools | None = None) -> PreparedRow:
+        """`tools`: another thread's own processor and tokenizer (see private_tools)."""
         if images and not self.m.supports_images:
             raise InvalidRequest("this model does not accept images", param="messages", code="images_not_supported")
-        encoded = self._encode(job, images)
+        encoded = self._encode(job, images, tools)
         input_ids = encoded.pop("input_ids")[0]
         encoded.pop("attention_mask", None)
         length = int(input_ids.shape[0])

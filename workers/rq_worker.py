@@ -278,7 +278,8 @@ class BatchWorker(SimpleWorker):
                 self.running = []
 
     def _prefetch_next(self, queue: Queue, images: bool) -> None:
-        """While this batch generates, fetch and decode the images of the jobs waiting next.
+        """While this batch generates, prepare the rows of the jobs waiting next (images fetched
+        and decoded, processor run: workers/read_ahead.py).
 
         Only after a batch with images: reading the waiting jobs costs the generating process
         CPU (13% of a text-only batch's throughput on the demo model), and workloads come in
@@ -290,8 +291,7 @@ class BatchWorker(SimpleWorker):
         try:
             ids = [i.decode() for i in self.connection.lrange(queue.key, 0, self.max_batch_size - 1)]
             jobs = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
-            digests = [d for job in jobs if job is not None for d in decode_payload(job.args[0]).image_blobs]
-            self.runner.images.prefetch(digests)
+            self.runner.read_ahead.prepare([decode_payload(job.args[0]) for job in jobs if job is not None])
         except Exception:  # an optimisation only: the batch loads what it needs itself
             log.debug("prefetch failed", exc_info=True)
 

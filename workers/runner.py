@@ -26,6 +26,7 @@ from workers import metrics
 from workers.batch import PreparedRow
 from workers.engine import Engine, RowOutput
 from workers.images import ImageLoader
+from workers.read_ahead import ReadAhead
 from workers.sampling import RowPlan
 
 log = logging.getLogger("omega.worker.runner")
@@ -59,12 +60,19 @@ class BatchRunner:
         self._lock = threading.Lock()
         self._canceled: set[str] = set()
         self._active: dict[str, RowPlan] = {}
+        self.read_ahead = ReadAhead(engine, images, capacity=2 * engine.settings.max_batch_size)
 
     def _prepare(self, items: Sequence[BatchItem]) -> tuple[list[PreparedRow | None], dict[int, Outcome]]:
-        loaded = self.images.load_many(d for item in items for d in item.payload.image_blobs)
+        ahead = [self.read_ahead.take(item.payload) for item in items]
+        loaded = self.images.load_many(
+            d for item, row in zip(items, ahead, strict=True) if row is None for d in item.payload.image_blobs
+        )
         rows: list[PreparedRow | None] = []
         failures: dict[int, Outcome] = {}
         for index, item in enumerate(items):
+            if ahead[index] is not None:
+                rows.append(ahead[index])
+                continue
             try:
                 images: list[Image.Image] = []
                 for digest in item.payload.image_blobs:
