@@ -61,11 +61,17 @@ def _shift(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 def exponential_noise(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
     """(B, V) Exp(1) noise: splitmix64 of (seed, step, token id), wrapping int64 arithmetic."""
+    tokens = torch.arange(vocab, device=seeds.device, dtype=torch.int64).unsqueeze(0)
+    return exponential_noise_at(seeds, step, tokens)
+
+
+def exponential_noise_at(seeds: torch.Tensor, step: int, tokens: torch.Tensor) -> torch.Tensor:
+    """The same noise for the given token ids only ((B, N) ids, or (1, N) for every row): a
+    token's value does not depend on which other tokens are asked for."""
 
     def const(value: int) -> torch.Tensor:
         return torch.tensor(value, dtype=torch.int64, device=seeds.device)
 
-    tokens = torch.arange(vocab, device=seeds.device, dtype=torch.int64).unsqueeze(0)
     z = seeds.unsqueeze(1) * const(_GOLDEN) + const(step) * const(_STEP) + tokens + const(_GOLDEN)
     z = (z ^ _shift(z, 30)) * const(_MIX1)
     z = (z ^ _shift(z, 27)) * const(_MIX2)
@@ -110,6 +116,7 @@ class RowSampler(LogitsProcessor):
         self.seeds = torch.tensor([p.seed for p in self.plans], dtype=torch.int64, device=device)
         self.seen: torch.Tensor | None = None  # (B, V) tokens in prompt + output, for repetition
         self.counts: torch.Tensor | None = None  # (B, V) output token counts, for presence/frequency
+        self._cached_groups: list[tuple[int, torch.Tensor]] | None = None
 
     def _update_history(self, input_ids: torch.Tensor, vocab: int) -> None:
         step = input_ids.shape[1] - self.prompt_width
@@ -138,23 +145,52 @@ class RowSampler(LogitsProcessor):
             scores = scores - self.presence * (self.counts > 0) - self.frequency * self.counts
         return scores
 
+    def _groups(self, vocab: int) -> list[tuple[int, torch.Tensor]]:
+        """Sampling rows grouped by how their candidates are found: top-k k (> 0), a full sort
+        (0: top-p without top-k), or none at all (-1: plain temperature sampling). A row's path
+        depends only on its own parameters, so its draw is the same in any batch."""
+        if self._cached_groups is None:
+            by_kind: dict[int, list[int]] = {}
+            for row, plan in enumerate(self.plans):
+                if not plan.sampled:
+                    continue
+                k, top_p = plan.params.top_k, plan.params.top_p
+                kind = k if 0 < k < vocab else (0 if top_p < 1.0 else -1)
+                by_kind.setdefault(kind, []).append(row)
+            self._cached_groups = [
+                (kind, torch.tensor(rows, dtype=torch.long, device=self.device)) for kind, rows in by_kind.items()
+            ]
+        return self._cached_groups
+
     def _sample(self, scores: torch.Tensor, step: int) -> torch.Tensor:
-        """Token ids for the sampling rows (exact categorical draw by the exponential race)."""
+        """Token ids for the sampling rows (exact categorical draw by the exponential race);
+        other rows' entries are left at 0."""
         logits = scores / self.temperature
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
-        vocab = logits.shape[-1]
-        ranks = torch.arange(vocab, device=self.device).unsqueeze(0)
-        k = torch.where(self.top_k > 0, self.top_k.clamp(max=vocab), vocab).unsqueeze(1)
-        sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
-        probs = torch.softmax(sorted_logits, dim=-1)
-        before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each token
-        keep = (before < self.top_p) | (ranks == 0)
-        log_probs = torch.log(probs).masked_fill(~keep, float("-inf"))
-        noise = exponential_noise(self.seeds, step, vocab)
-        # argmax(p / E) with E ~ Exp(1) is a draw from p; the noise is indexed by token id so a
-        # row's draw does not depend on how its logits happened to sort.
-        race = log_probs - torch.log(torch.gather(noise, 1, order))
-        return torch.gather(order, 1, race.argmax(dim=-1, keepdim=True)).squeeze(1)
+        chosen = torch.zeros(scores.shape[0], dtype=torch.long, device=self.device)
+        for kind, rows in self._groups(scores.shape[-1]):
+            sub, seeds = logits.index_select(0, rows), self.seeds.index_select(0, rows)
+            if kind == -1:
+                # No truncation: race over the whole vocabulary in token order, nothing sorted.
+                ids = torch.arange(sub.shape[-1], device=self.device).unsqueeze(0)
+                race = torch.log_softmax(sub, dim=-1) - torch.log(exponential_noise_at(seeds, step, ids))
+                chosen.index_copy_(0, rows, race.argmax(dim=-1))
+                continue
+            if kind > 0:
+                # Only the k best candidates matter: a top-k, not a sort of the whole vocabulary
+                # (152k entries per row for some models), and noise for those k tokens only.
+                values, order = torch.topk(sub, kind, dim=-1, sorted=True)
+            else:
+                values, order = torch.sort(sub, dim=-1, descending=True, stable=True)
+            probs = torch.softmax(values, dim=-1)
+            before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each token
+            ranks = torch.arange(values.shape[-1], device=self.device).unsqueeze(0)
+            keep = (before < self.top_p.index_select(0, rows)) | (ranks == 0)
+            log_probs = torch.log(probs).masked_fill(~keep, float("-inf"))
+            # argmax(p / E) with E ~ Exp(1) is a draw from p; the noise is indexed by token id so
+            # a row's draw does not depend on how its logits happened to sort.
+            race = log_probs - torch.log(exponential_noise_at(seeds, step, order))
+            chosen.index_copy_(0, rows, torch.gather(order, 1, race.argmax(dim=-1, keepdim=True)).squeeze(1))
+        return chosen
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         now = time.perf_counter()

@@ -70,3 +70,40 @@ def test_repetition_penalty_ignores_left_padding() -> None:
     logits = torch.tensor([[1.0, 0.9, 0.0, 0.0, 0.0], [1.0, 0.9, 0.0, 0.0, 0.0]])
     chosen = sampler(ids, logits).argmax(-1).tolist()
     assert chosen == [0, 1]
+
+
+def freq_matches(seen: list[int], probs: list[float]) -> None:
+    for token, p in enumerate(probs):
+        freq = seen.count(token) / len(seen)
+        assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / len(seen)) + 0.005, (token, freq, p)
+
+
+def test_top_k_and_top_p_paths_draw_from_the_renormalised_distribution() -> None:
+    """Top-k rows take the k best by torch.topk, top-p-only rows sort: both must draw exactly
+    from the distribution restricted to what they keep."""
+    full = torch.softmax(LOGITS[0], -1)
+    top3 = torch.cat([full[:3] / full[:3].sum(), torch.zeros(2)]).tolist()
+    freq_matches(draws(SamplingParams(max_new_tokens=1, do_sample=True, temperature=1.0, top_k=3, seed=5)), top3)
+    top2 = torch.cat([full[:2] / full[:2].sum(), torch.zeros(3)]).tolist()  # top_p 0.7 keeps 0 and 1
+    freq_matches(draws(SamplingParams(max_new_tokens=1, do_sample=True, temperature=1.0, top_p=0.7, seed=6)), top2)
+
+
+def test_a_rows_draws_do_not_depend_on_its_batch_mates() -> None:
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
+    params = [
+        SamplingParams(max_new_tokens=1, do_sample=True, temperature=0.9, top_k=20, seed=1),  # top-k path
+        SamplingParams(max_new_tokens=1, do_sample=True, temperature=1.1, top_p=0.8, seed=2),  # sort path
+        SamplingParams(max_new_tokens=1, do_sample=True, temperature=0.7, seed=3),  # plain path
+        SamplingParams(max_new_tokens=1, do_sample=False),  # greedy
+    ]
+
+    def sample(rows: list[int], step: int) -> list[int]:
+        plans = [RowPlan(params=params[r], max_new_tokens=1, seed=params[r].seed or 0) for r in rows]
+        sampler = RowSampler(plans, prompt_width=1, pad_lengths=[0] * len(rows), eos_ids=[299], device=torch.device("cpu"))
+        out = sampler(torch.zeros((len(rows), 1 + step), dtype=torch.long), logits[rows].clone())
+        return out.argmax(dim=-1).tolist()
+
+    for step in range(20):
+        together = sample([0, 1, 2, 3], step)
+        assert together == [sample([r], step)[0] for r in range(4)]
+        assert sample([2, 0], step) == [together[2], together[0]]
