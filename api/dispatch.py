@@ -2,8 +2,8 @@
 
 Jobs are rq jobs, written exactly as rq's enqueue writes them (so workers, registries and rq's
 tooling agree on every job; a test compares the two); the wait is one blocking XREAD on rq's
-results stream for the job, never a sleep loop. Every final
-state writes an entry there (success, failure, cancellation, expiry), so one wait covers all.
+results stream for the job, never a sleep loop. Every final state writes an entry there
+(success, failure, cancellation, expiry), so one wait covers all.
 """
 
 from __future__ import annotations

@@ -69,7 +69,9 @@ class Engine:
         """A processor and tokenizer of one's own, for preparing rows on another thread: the
         tokenizer keeps per-call state and the decoding loop uses the model's own."""
         processor = copy.deepcopy(self.m.processor)
-        tokenizer = getattr(processor, "tokenizer", None) or copy.deepcopy(self.m.tokenizer)
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is None:  # a text-only model's "processor" may be its tokenizer
+            tokenizer = copy.deepcopy(self.m.tokenizer)
         return Tools(processor, tokenizer)
 
     def _encode(
