@@ -105,7 +105,6 @@ class RowSampler(LogitsProcessor):
         self.any_sampling = bool(self.sampling_rows.any())
         self.temperature = _column([max(p.temperature, 1e-5) for p in params], device)
         self.top_p = _column([p.top_p for p in params], device)
-        self.top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=device)
         self.min_new = torch.tensor([p.min_new_tokens for p in params], dtype=torch.long, device=device)
         self.repetition = _column([p.repetition_penalty for p in params], device)
         self.presence = _column([p.presence_penalty for p in params], device)
