@@ -43,7 +43,7 @@ async def build_chat_job(
     if fleet is not None and refs:
         # Refuse a full or worker-less service before fetching and storing any image (the
         # enqueue checks again; a text-only request needs only that one check).
-        await fleet.choose()
+        await fleet.check_room()
     digests = await intake.store_all(refs)
     payload = JobPayload(
         id=job_id or uuid.uuid4().hex,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 
@@ -77,15 +76,12 @@ class FleetView:
     def full(self, loads: list[QueueLoad]) -> Overloaded:
         return Overloaded("every queue is full (MAX_QUEUE_SIZE); retry later", retry_after_s=self.retry_after(loads))
 
-    async def choose(self) -> QueueLoad:
-        """The least-loaded live queue with room; ready workers before ones still loading.
-        (Enqueueing chooses again, atomically, in api/admission.py; this is the early check.)"""
+    async def check_room(self) -> None:
+        """Refuse early (no worker, every queue full) before a request's images are fetched and
+        stored. Choosing the queue is api/admission.py's, atomically with the enqueue."""
         loads = await self.loads(await self.candidates())
-        open_ = [q for q in loads if q.waiting < self.settings.max_queue_size]
-        if not open_:
+        if all(q.waiting >= self.settings.max_queue_size for q in loads):
             raise self.full(loads)
-        best = min((not q.worker.ready, q.score) for q in open_)
-        return random.choice([q for q in open_ if (not q.worker.ready, q.score) == best])
 
     def retry_after(self, loads: list[QueueLoad]) -> int:
         """A rough wait: one batch time per batch of queued work ahead, at least a second."""

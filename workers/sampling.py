@@ -116,6 +116,7 @@ class RowSampler(LogitsProcessor):
         self.seen: torch.Tensor | None = None  # (B, V) tokens in prompt + output, for repetition
         self.counts: torch.Tensor | None = None  # (B, V) output token counts, for presence/frequency
         self._cached_groups: list[tuple[int, torch.Tensor]] | None = None
+        self._first_call = True
 
     def _update_history(self, input_ids: torch.Tensor, vocab: int) -> None:
         step = input_ids.shape[1] - self.prompt_width
@@ -192,9 +193,10 @@ class RowSampler(LogitsProcessor):
         return chosen
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        now = time.perf_counter()
-        for plan in self.plans:
-            if plan.first_token_at is None:
+        if self._first_call:  # every row of the call gets its first token now
+            self._first_call = False
+            now = time.perf_counter()
+            for plan in self.plans:
                 plan.first_token_at = now
         scores_f = scores.float()
         self._update_history(input_ids, scores_f.shape[-1])

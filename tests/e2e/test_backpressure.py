@@ -11,7 +11,7 @@ from rq.suspension import resume, suspend
 
 from tests.conftest import STRICT_KEY
 from tests.support.assertions import assert_openai_error, job_keys
-from tests.support.procs import wait_for
+from tests.support.procs import answers, wait_for
 from tests.support.stack import Stack
 
 BODY = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
@@ -80,7 +80,7 @@ def test_no_worker_means_503_and_not_ready(stacks) -> None:  # type: ignore[no-u
     api = ServiceProcess(["api"], env, stacks.redis.directory / "api-no-workers.log").start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _answers(url), 30, "the API")
+        wait_for(lambda: answers(url), 30, "the API")
         health = httpx.get(f"{url}/health").json()
         assert health["ready"] is False and health["workers"] == [] and health["redis"] == "ok"
         assert httpx.get(f"{url}/readyz").status_code == 503

@@ -24,7 +24,7 @@ from shared.fleet import WorkerInfo, decode_info
 from shared.serializer import MsgpackSerializer
 from tests.support.assertions import assert_openai_error
 from tests.support.images import data_url, image_bytes
-from tests.support.procs import RedisServer, ServiceProcess, free_port, service_env, wait_for, wait_ready
+from tests.support.procs import RedisServer, ServiceProcess, answers, free_port, service_env, wait_for, wait_ready
 
 POISON = "POISON-PILL"
 
@@ -250,7 +250,7 @@ def test_blob_store_down_is_a_clear_503(fleet: Fleet) -> None:
     api = ServiceProcess(["api"], env, fleet.workdir / "api-no-blobs.log").start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _answers(url), 60, "the API")
+        wait_for(lambda: answers(url), 60, "the API")
         body = {"messages": [{"role": "user", "content": [{"type": "image", "image": data_url(image_bytes())}]}]}
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
         assert assert_openai_error(r, 503)["type"] == "service_unavailable_error"
@@ -258,13 +258,6 @@ def test_blob_store_down_is_a_clear_503(fleet: Fleet) -> None:
         assert httpx.get(f"{url}/readyz").json()["blob_store"] == "unavailable"
     finally:
         api.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/livez", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -141,6 +141,14 @@ def service_env(settings: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def answers(url: str) -> bool:
+    """The service at `url` answers its liveness probe."""
+    try:
+        return httpx.get(f"{url}/livez", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_ready(base_url: str, timeout: float = 90, workers: int = 1, procs: list[ServiceProcess] | None = None) -> None:
     def ready() -> bool:
         for p in procs or []:
