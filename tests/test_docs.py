@@ -27,7 +27,7 @@ def test_ci_runs_make_test() -> None:
 
 
 def test_deployment_yaml_parses() -> None:
-    files = [ROOT / "compose.yaml", *sorted((ROOT / "k8s").glob("*.yaml"))]
+    files = [ROOT / "compose.yaml", *sorted((ROOT / "k8s").rglob("*.yaml"))]
     for path in files:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
         assert docs, path
