@@ -1,0 +1,87 @@
+"""Redis clients for every process, from one description of where Redis is: a URL, or Sentinel.
+
+With Sentinel (`REDIS_SENTINELS`), a client asks the sentinels for the current primary of
+`REDIS_SENTINEL_MASTER` and asks again after a connection error, so API, workers, janitor and
+feeder all follow a failover without a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.connection import parse_url
+from redis.sentinel import Sentinel
+
+DEFAULT_SENTINEL_PORT = 26379
+
+
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (port defaults to 26379; `[v6]:port` for IPv6) as address pairs."""
+    found = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
+        if not sep:
+            host, port = item, str(DEFAULT_SENTINEL_PORT)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"not a sentinel address (host:port): {item!r}")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is. `url` always names the database and credentials; with `sentinels`, its host
+    is ignored and the primary of `master` is looked up instead."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = "mymaster"
+    sentinel_password: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RedisTarget:
+        return cls(
+            url=settings.redis_url,
+            sentinels=parse_sentinels(getattr(settings, "redis_sentinels", "") or ""),
+            master=getattr(settings, "redis_sentinel_master", "") or "mymaster",
+            sentinel_password=getattr(settings, "redis_sentinel_password", "") or None,
+        )
+
+    def _node_options(self) -> dict[str, Any]:
+        """Database and credentials from the URL, for connections to whichever node is primary."""
+        parsed = parse_url(self.url)  # type: ignore[no-untyped-call]
+        return {k: parsed[k] for k in ("db", "username", "password") if parsed.get(k) is not None}
+
+    def _sentinel_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        # Sentinels are asked with the same deadlines as the data nodes, so a dead sentinel is
+        # skipped quickly; they have their own password, if any.
+        keep = ("socket_timeout", "socket_connect_timeout")
+        chosen = {k: options[k] for k in keep if options.get(k) is not None}
+        if self.sentinel_password:
+            chosen["password"] = self.sentinel_password
+        return chosen
+
+
+def sync_client(target: RedisTarget, **options: Any) -> Redis:
+    """A client for the primary; `options` are redis-py's (timeouts, retry, ...)."""
+    if not target.sentinels:
+        return Redis.from_url(target.url, **options)
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=target._sentinel_options(options))  # type: ignore[no-untyped-call]
+    client: Redis = sentinel.master_for(target.master, **{**target._node_options(), **options})  # type: ignore[no-untyped-call]
+    return client
+
+
+def async_client(target: RedisTarget, **options: Any) -> AsyncRedis:
+    """The asyncio twin of `sync_client`."""
+    if not target.sentinels:
+        return AsyncRedis.from_url(target.url, **options)
+    sentinel = AsyncSentinel(list(target.sentinels), sentinel_kwargs=target._sentinel_options(options))  # type: ignore[no-untyped-call]
+    client: AsyncRedis = sentinel.master_for(target.master, **{**target._node_options(), **options})
+    return client
