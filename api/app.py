@@ -16,16 +16,16 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, Swagge
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import require_api_key
-from api.controllers.batches import BatchesController
-from api.controllers.chat import ChatController
-from api.controllers.files import FilesController
+from api.batches.routes import BatchesController
+from api.chat.routes import ChatController
 from api.controllers.generate import GenerateController
-from api.controllers.health import HealthController
-from api.controllers.jobs import JobsController
-from api.controllers.models import ModelsController
-from api.controllers.templates import TemplateController
 from api.errors import exception_handler
-from api.metrics import MetricsController, prometheus_config
+from api.files.routes import FilesController
+from api.jobs.routes import JobsController
+from api.ops.metrics import MetricsController, prometheus_config
+from api.ops.models import ModelsController
+from api.ops.routes import TemplateController
+from api.ops.service import HealthController
 from api.services import services_lifespan
 from shared.settings import Settings
 

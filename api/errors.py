@@ -17,7 +17,7 @@ from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.metrics import record_rejection
+from api.ops.metrics import record_rejection
 from shared.errors import (
     InternalError,
     InvalidRequest,

@@ -16,16 +16,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry as SyncRetry
 
-from api.batch_runner import BatchRunner
-from api.batches import BatchService
-from api.dispatch import Dispatcher
-from api.feeder import LaneFeeder
-from api.files import FileService
-from api.fleet_view import FleetView
-from api.image_intake import ImageIntake
-from api.janitor_loop import run_janitor
-from api.jobs import JobService
-from api.remote_fetch import RemoteImageFetcher
+from api.batches.advancer import BatchRunner
+from api.batches.service import BatchService
+from api.dispatch.dispatcher import Dispatcher
+from api.dispatch.feeder import LaneFeeder
+from api.dispatch.fleet_view import FleetView
+from api.dispatch.janitor_loop import run_janitor
+from api.files.service import FileService
+from api.intake.images import ImageIntake
+from api.intake.remote_fetch import RemoteImageFetcher
+from api.jobs.service import JobService
 from shared.blobstore import BlobStore, create_blob_store
 from shared.settings import Settings
 

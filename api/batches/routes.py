@@ -10,7 +10,7 @@ from litestar.di import Provide
 from litestar.params import Parameter
 
 from api.auth import require_api_key
-from api.batch_model import BatchList, BatchObject
+from api.batches.protocol import BatchList, BatchObject
 from api.services import Services, get_services
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from api.batch_model import SUPPORTED_ENDPOINTS, BatchList, BatchObject, BatchRecord
-from api.files import FileService
+from api.batches.protocol import SUPPORTED_ENDPOINTS, BatchList, BatchObject, BatchRecord
+from api.files.service import FileService
 from api.pagination import page_ids
 from shared import keys
 from shared.errors import Conflict, InvalidRequest, NotFound

@@ -2,7 +2,7 @@
 
 Requests ignore unknown fields on purpose: OpenAI clients send fields we do not use and must not
 be refused for it. Fields whose meaning we cannot honour (n > 1, logprobs, tools, json modes)
-are refused with a clear 400 in `api.convert` instead of being silently ignored.
+are refused with a clear 400 in `api.chat.convert` instead of being silently ignored.
 """
 
 from __future__ import annotations

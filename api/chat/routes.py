@@ -9,11 +9,11 @@ from litestar.di import Provide
 from litestar.response import Stream
 
 from api.auth import require_api_key
-from api.chat_jobs import build_chat_job, completion
-from api.protocol import ChatCompletion, ChatCompletionRequest
-from api.request_log import log_success
+from api.chat.protocol import ChatCompletion, ChatCompletionRequest
+from api.chat.request_log import log_success
+from api.chat.service import build_chat_job, completion
+from api.chat.streaming import ChatStream, EventStream
 from api.services import Services, get_services
-from api.streaming import ChatStream, EventStream
 from shared.contract import JobMeta
 
 

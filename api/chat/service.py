@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 import uuid
 
-from api.convert import chat_params, check_model, image_refs, job_messages, refuse_unsupported
-from api.fleet_view import FleetView
-from api.image_intake import ImageIntake
-from api.protocol import ChatCompletion, ChatCompletionRequest, Choice, ResponseMessage, ServiceInfo, Usage
+from api.chat.convert import chat_params, check_model, image_refs, job_messages, refuse_unsupported
+from api.chat.protocol import ChatCompletion, ChatCompletionRequest, Choice, ResponseMessage, ServiceInfo, Usage
+from api.dispatch.fleet_view import FleetView
+from api.intake.images import ImageIntake
 from shared.contract import JobPayload, JobResult
 from shared.settings import Settings
 

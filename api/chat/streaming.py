@@ -20,8 +20,8 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from redis.exceptions import RedisError
 
-from api.dispatch import parse_result
-from api.jobs import JobService
+from api.dispatch.dispatcher import parse_result
+from api.jobs.service import JobService
 from shared import keys
 from shared.contract import JobError, JobPayload, JobResult
 from shared.settings import Settings

@@ -9,9 +9,9 @@ from litestar import Controller, post
 from litestar.di import Provide
 
 from api.auth import require_api_key
-from api.convert import generate_params
-from api.protocol import GenerateDetails, GenerateRequest, GenerateResponse
-from api.request_log import log_success
+from api.chat.convert import generate_params
+from api.chat.protocol import GenerateDetails, GenerateRequest, GenerateResponse
+from api.chat.request_log import log_success
 from api.services import Services, get_services
 from shared.contract import JobMeta, JobPayload
 

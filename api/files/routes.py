@@ -13,7 +13,7 @@ from litestar.params import Body, Parameter
 from litestar.response import Stream
 
 from api.auth import require_api_key
-from api.files import FileList, FileObject
+from api.files.service import FileList, FileObject
 from api.services import Services, get_services
 from shared.errors import InvalidRequest
 

@@ -12,9 +12,9 @@ from litestar.di import Provide
 from litestar.params import Parameter
 
 from api.auth import require_api_key
-from api.chat_jobs import build_chat_job, completion
-from api.jobs import Cancellation, JobSnapshot
-from api.protocol import ChatCompletionRequest, ErrorDetail, JobCreateRequest, JobObject
+from api.chat.protocol import ChatCompletionRequest, ErrorDetail, JobCreateRequest, JobObject
+from api.chat.service import build_chat_job, completion
+from api.jobs.service import Cancellation, JobSnapshot
 from api.services import Services, get_services
 from shared.contract import JobError, JobMeta, JobResult
 from shared.errors import InvalidRequest

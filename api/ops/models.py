@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Controller, Request, get
 
 from api.auth import require_api_key
-from api.protocol import ModelList, ModelObject
+from api.chat.protocol import ModelList, ModelObject
 
 
 class ModelsController(Controller):

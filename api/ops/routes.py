@@ -6,8 +6,8 @@ from litestar import Controller, post
 from litestar.di import Provide
 
 from api.auth import require_api_key
-from api.convert import check_model, image_refs, job_messages
-from api.protocol import ApplyTemplateRequest, ApplyTemplateResponse
+from api.chat.convert import check_model, image_refs, job_messages
+from api.chat.protocol import ApplyTemplateRequest, ApplyTemplateResponse
 from api.services import Services, get_services
 from shared.errors import InvalidRequest, ServiceUnavailable
 from shared.prompt import render_prompt

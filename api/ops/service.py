@@ -10,7 +10,7 @@ from litestar import Controller, Response, get
 from litestar.di import Provide
 from redis.exceptions import RedisError
 
-from api.fleet_view import QueueLoad
+from api.dispatch.fleet_view import QueueLoad
 from api.services import Services, get_services
 from shared import keys
 from shared.errors import ServiceError

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 
-from api.admission import Admission, Admitter
-from api.dispatch import Dispatcher, queued_fields
+from api.dispatch.admission import Admission, Admitter
+from api.dispatch.dispatcher import Dispatcher, queued_fields
 from shared import keys
 from shared.contract import JobMeta, JobPayload, Message, SamplingParams, TextPart
 from shared.fleet import ModelCard, WorkerInfo
