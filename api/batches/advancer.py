@@ -41,7 +41,8 @@ from api.batches.lines import (
     parse_line,
     success_line,
 )
-from api.batches.protocol import FINAL_STATUSES, BatchRecord
+from api.batches.protocol import FINAL_STATUSES
+from api.batches.record import BatchRecord
 from api.batches.service import BatchService
 from api.chat.protocol import ChatCompletionRequest
 from api.chat.service import build_chat_job, completion
@@ -69,7 +70,9 @@ return 1
 """
 
 
-class BatchRunner:
+class BatchAdvancer:
+    """Moves every active OpenAI batch forward a bounded step at a time (one per lock held)."""
+
     def __init__(
         self,
         settings: Settings,

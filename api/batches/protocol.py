@@ -1,14 +1,11 @@
-"""OpenAI's Batch object and how a batch is kept in Redis (one hash of plain fields).
+"""The batches slice's wire types: OpenAI's Batch object, its list, and the create request.
 
-Counters live in the same hash so workers and the API can bump them atomically (HINCRBY):
-`completed`, `failed` and `canceled` for jobs that ended, `line_errors` for input lines that
-never became jobs, `submitted` for jobs created.
+How a batch is kept in Redis is api/batches/record.py.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -17,16 +14,13 @@ BatchStatus = Literal[
 ]
 FINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
-TIMESTAMPS = (
-    "in_progress_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-)
-COUNTERS = ("total", "completed", "failed", "canceled", "line_errors", "submitted", "expanded_lines", "expanded_offset")
+
+
+class BatchCreate(msgspec.Struct, kw_only=True):
+    input_file_id: str
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
 
 
 class RequestCounts(msgspec.Struct):
@@ -76,69 +70,3 @@ class BatchList(msgspec.Struct):
     last_id: str | None
     has_more: bool
     object: str = "list"
-
-
-def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class BatchRecord:
-    """The Redis hash of one batch, decoded; `to_object` gives the OpenAI view."""
-
-    def __init__(self, fields: dict[Any, Any]) -> None:
-        self.fields = {_text(k) or "": _text(v) for k, v in fields.items()}
-
-    def text(self, name: str) -> str | None:
-        value = self.fields.get(name)
-        return value if value else None
-
-    def number(self, name: str) -> int:
-        return int(float(self.fields.get(name) or 0))
-
-    def stamp(self, name: str) -> int | None:
-        return self.number(name) or None
-
-    @property
-    def id(self) -> str:
-        return self.fields["id"] or ""
-
-    @property
-    def status(self) -> str:
-        return self.fields.get("status") or "validating"
-
-    @property
-    def outstanding(self) -> int:
-        """Jobs created for this batch that have not ended yet."""
-        ended = self.number("completed") + self.number("failed") + self.number("canceled")
-        return max(0, self.number("submitted") - ended)
-
-    def to_object(self) -> BatchObject:
-        errors = self.text("errors")
-        metadata = self.text("metadata")
-        return BatchObject(
-            id=self.id,
-            endpoint=self.text("endpoint") or "",
-            input_file_id=self.text("input_file_id") or "",
-            completion_window=self.text("completion_window") or "24h",
-            status=self.status,  # type: ignore[arg-type]
-            created_at=self.number("created_at"),
-            expires_at=self.number("expires_at"),
-            request_counts=RequestCounts(
-                total=self.number("total"),
-                completed=self.number("completed"),
-                failed=self.number("failed") + self.number("line_errors"),
-            ),
-            errors=msgspec.json.decode(errors, type=BatchErrors) if errors else None,
-            output_file_id=self.text("output_file_id"),
-            error_file_id=self.text("error_file_id"),
-            metadata=json.loads(metadata) if metadata else None,
-            in_progress_at=self.stamp("in_progress_at"),
-            finalizing_at=self.stamp("finalizing_at"),
-            completed_at=self.stamp("completed_at"),
-            failed_at=self.stamp("failed_at"),
-            expired_at=self.stamp("expired_at"),
-            cancelling_at=self.stamp("cancelling_at"),
-            cancelled_at=self.stamp("cancelled_at"),
-        )

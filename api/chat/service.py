@@ -1,19 +1,35 @@
 """Chat requests become jobs, and job results become `chat.completion` objects.
 
-Shared by the synchronous endpoint, submit-and-poll jobs and batch lines, so all three answer
-the same request with the same job and the same completion.
+`build_chat_job` and `completion` are shared by the synchronous endpoint, submit-and-poll jobs
+and batch lines, so all three answer the same request with the same job and the same
+completion. `ChatService` is what the chat routes (/v1/chat/completions, /generate) call.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 
-from api.chat.convert import chat_params, check_model, image_refs, job_messages, refuse_unsupported
-from api.chat.protocol import ChatCompletion, ChatCompletionRequest, Choice, ResponseMessage, ServiceInfo, Usage
+from api.chat.convert import chat_params, check_model, generate_params, image_refs, job_messages, refuse_unsupported
+from api.chat.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    GenerateDetails,
+    GenerateRequest,
+    GenerateResponse,
+    ResponseMessage,
+    ServiceInfo,
+    Usage,
+)
+from api.chat.request_log import log_success
+from api.chat.streaming import ChatStream
+from api.dispatch.dispatcher import Dispatcher
 from api.dispatch.fleet_view import FleetView
 from api.intake.images import ImageIntake
-from shared.contract import JobPayload, JobResult
+from api.jobs.service import JobService
+from shared.contract import JobMeta, JobPayload, JobResult
 from shared.settings import Settings
 
 
@@ -89,3 +105,66 @@ def completion(
             truncated_prompt_tokens=result.truncated_prompt_tokens,
         ),
     )
+
+
+class ChatService:
+    """The chat slice's work: a whole completion, a stream of chunks, or a /generate answer."""
+
+    def __init__(
+        self, settings: Settings, intake: ImageIntake, fleet: FleetView, dispatcher: Dispatcher, jobs: JobService
+    ) -> None:
+        self.settings = settings
+        self.intake = intake
+        self.fleet = fleet
+        self.dispatcher = dispatcher
+        self.jobs = jobs
+
+    async def build_job(
+        self, data: ChatCompletionRequest, *, check_room: bool = True, expires_at: float | None = None
+    ) -> tuple[JobPayload, str]:
+        """The job for a chat request (see `build_chat_job`); batch-priority work skips the
+        capacity check (`check_room=False`): it waits in the lane, not on a queue."""
+        fleet = self.fleet if check_room else None
+        return await build_chat_job(
+            data, self.settings, self.intake, fleet, expires_at=expires_at, streaming=bool(data.stream)
+        )
+
+    async def complete(self, data: ChatCompletionRequest) -> ChatCompletion:
+        """Submit, wait for the result (REQUEST_TIMEOUT_S), answer a `chat.completion`."""
+        started = time.perf_counter()
+        payload, model = await self.build_job(data)
+        result = await self.dispatcher.run(payload, JobMeta(model=model, created_at=payload.created_at))
+        latency = time.perf_counter() - started
+        log_success("chat", payload.id, latency, model, result, payload.params)
+        return completion(payload.id, model, result, latency, created=payload.created_at)
+
+    async def stream(self, data: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        """The SSE events of a streamed completion. The job is enqueued before the response
+        starts, so a full queue is still a plain 503, not an event."""
+        payload, model = await self.build_job(data)
+        meta = JobMeta(model=model, created_at=payload.created_at)
+        await self.dispatcher.submit(payload, meta, self.settings.result_ttl_s)
+        include_usage = bool(data.stream_options and data.stream_options.include_usage)
+        events = ChatStream(self.settings, self.dispatcher.blocking_redis, self.jobs, payload, model, include_usage)
+        return events.events()
+
+    async def generate(self, data: GenerateRequest) -> GenerateResponse:
+        """The seeds' /generate: a raw prompt, no chat template, TGI's response shape."""
+        started = time.perf_counter()
+        params = generate_params(data.parameters, self.settings)
+        payload = JobPayload(
+            id=uuid.uuid4().hex, kind="generate", prompt=data.inputs, params=params, created_at=time.time()
+        )
+        meta = JobMeta(model=self.settings.model_name, created_at=payload.created_at)
+        result = await self.dispatcher.run(payload, meta)
+        log_success("generate", payload.id, time.perf_counter() - started, self.settings.model_name, result, params)
+        text = data.inputs + result.text if data.parameters and data.parameters.return_full_text else result.text
+        details = None
+        if data.parameters and data.parameters.details:
+            details = GenerateDetails(
+                finish_reason=result.finish_reason,
+                generated_tokens=result.completion_tokens,
+                prompt_tokens=result.prompt_tokens,
+                seed=result.seed,
+            )
+        return GenerateResponse(generated_text=text, details=details)

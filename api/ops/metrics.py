@@ -17,19 +17,19 @@ from datetime import datetime
 from typing import Any
 
 from litestar import Controller, Response, get
-from litestar.di import Provide
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from api.services import Services, get_services
+from api.ops.service import OpsService
 from shared import keys
 from shared.fleet import WorkerInfo
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: list[str | float] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
+
 
 def prometheus_config() -> PrometheusConfig:
     return PrometheusConfig(
@@ -67,7 +67,7 @@ def merge_worker_metrics(expositions: dict[str, bytes]) -> list[Metric]:
 
 
 class FleetMetrics:
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: OpsService) -> None:
         self.svc = svc
 
     async def families(self) -> list[Metric]:
@@ -151,8 +151,7 @@ class FleetMetrics:
 class MetricsController(Controller):
     path = "/metrics"
     tags = ["health"]
-    dependencies = {"svc": Provide(get_services, sync_to_thread=False)}
 
     @get("", summary="Prometheus metrics of this API process and the whole worker fleet", include_in_schema=False)
-    async def metrics(self, svc: Services) -> Response[bytes]:
-        return Response(await FleetMetrics(svc).render(), media_type=CONTENT_TYPE)
+    async def metrics(self, ops_service: OpsService) -> Response[bytes]:
+        return Response(await FleetMetrics(ops_service).render(), media_type=CONTENT_TYPE)

@@ -1,71 +1,35 @@
-"""GET /health (every field of the seeds' example, plus the fleet), /livez and /readyz probes."""
+"""The ops slice's work: the /health report (every field of the seeds' example, plus the fleet),
+the served model list and the rendered chat template; /metrics reads the fleet through it too."""
 
 from __future__ import annotations
 
 import time
 
 import anyio.to_thread
-import msgspec
-from litestar import Controller, Response, get
-from litestar.di import Provide
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from api.dispatch.fleet_view import QueueLoad
-from api.services import Services, get_services
+from api.chat.convert import check_model, image_refs, job_messages
+from api.dispatch.fleet_view import FleetView, QueueLoad
+from api.intake.images import ImageIntake
+from api.ops.protocol import (
+    ApplyTemplateRequest,
+    ApplyTemplateResponse,
+    BatchConfig,
+    HealthReport,
+    ModelList,
+    ModelObject,
+    VLMConfig,
+    WorkerReport,
+)
 from shared import keys
-from shared.errors import ServiceError
+from shared.blobstore import BlobStore
+from shared.errors import InvalidRequest, ServiceError, ServiceUnavailable
 from shared.fleet import WorkerInfo
+from shared.prompt import render_prompt
+from shared.settings import Settings
 
 DEMO_NOTE = "demo model: random weights, its output is meaningless; set MODEL_PATH to serve a real model"
-
-
-class BatchConfig(msgspec.Struct):
-    max_batch_size: int
-    batch_timeout_ms: float
-
-
-class VLMConfig(msgspec.Struct):
-    max_model_length: int
-    max_image_size: int
-    max_images_per_request: int
-    allow_remote_images: bool
-
-
-class WorkerReport(msgspec.Struct):
-    id: str
-    queue: str
-    device: str
-    device_name: str
-    state: str
-    capacity: int
-    waiting: int
-    in_flight: int
-    heartbeat_age_seconds: float
-
-
-class HealthReport(msgspec.Struct):
-    model_name: str
-    model_path: str | None
-    demo_model: bool
-    note: str | None
-    devices: list[str]
-    device_names: list[str]
-    visible_cuda_devices: int
-    queues: list[int]
-    ready: bool
-    startup_ok: bool
-    startup_error: str | None
-    overloaded: bool
-    max_queue_size: int
-    dtype: str | None
-    attn: str | None
-    batch: BatchConfig
-    vlm_config: VLMConfig
-    workers: list[WorkerReport]
-    # All waiting work: every worker queue plus the batch lane (what an autoscaler scales on).
-    waiting_jobs: int
-    redis: str
-    blob_store: str
 
 
 def _worker_report(load: QueueLoad, now: float) -> WorkerReport:
@@ -83,75 +47,88 @@ def _worker_report(load: QueueLoad, now: float) -> WorkerReport:
     )
 
 
-async def build_report(svc: Services) -> HealthReport:
-    s = svc.settings
-    redis_state = "ok"
-    try:
-        workers: list[WorkerInfo] = await svc.fleet.live_workers(fresh=True, include_failed=True)
-        loads = await svc.fleet.loads([w for w in workers if w.state != "failed"])
-        lane = int(await svc.redis.llen(keys.BATCH_LANE))
-    except (RedisError, TimeoutError):
-        workers, loads, lane, redis_state = [], [], 0, "unavailable"
-    blob_state = "ok"
-    try:
-        await anyio.to_thread.run_sync(svc.blob_store.check)
-    except ServiceError:
-        blob_state = "unavailable"
-    ready = [w for w in workers if w.ready]
-    failed = [w for w in workers if w.state == "failed"]
-    card = ready[0].model if ready else None
-    demo = card.demo if card else s.uses_demo_model
-    now = time.time()
-    return HealthReport(
-        model_name=s.model_name,
-        model_path=card.path if card else (None if s.redact_source else s.resolved_model_path),
-        demo_model=demo,
-        note=DEMO_NOTE if demo else None,
-        devices=[w.device for w in ready],
-        device_names=[w.device_name for w in ready],
-        visible_cuda_devices=sum(1 for w in ready if w.device.startswith("cuda")),
-        queues=[q.waiting for q in loads],
-        ready=bool(ready) and redis_state == "ok" and blob_state == "ok",
-        startup_ok=not failed,
-        startup_error=failed[0].error if failed else None,
-        overloaded=bool(loads) and all(q.waiting >= s.max_queue_size for q in loads),
-        max_queue_size=s.max_queue_size,
-        dtype=card.dtype if card else None,
-        attn=card.attn if card else None,
-        batch=BatchConfig(max_batch_size=s.max_batch_size, batch_timeout_ms=s.batch_timeout_ms),
-        vlm_config=VLMConfig(
-            max_model_length=s.max_model_length,
-            max_image_size=s.max_image_size,
-            max_images_per_request=s.max_images_per_request,
-            allow_remote_images=s.allow_remote_images,
-        ),
-        workers=[_worker_report(q, now) for q in loads],
-        waiting_jobs=sum(q.waiting for q in loads) + lane,
-        redis=redis_state,
-        blob_store=blob_state,
-    )
+class OpsService:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        fleet: FleetView,
+        blob_store: BlobStore,
+        intake: ImageIntake,
+        started_at: float,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.fleet = fleet
+        self.blob_store = blob_store
+        self.intake = intake
+        self.started_at = started_at
 
+    async def health(self) -> HealthReport:
+        s = self.settings
+        redis_state = "ok"
+        try:
+            workers: list[WorkerInfo] = await self.fleet.live_workers(fresh=True, include_failed=True)
+            loads = await self.fleet.loads([w for w in workers if w.state != "failed"])
+            lane = int(await self.redis.llen(keys.BATCH_LANE))
+        except (RedisError, TimeoutError):
+            workers, loads, lane, redis_state = [], [], 0, "unavailable"
+        blob_state = "ok"
+        try:
+            await anyio.to_thread.run_sync(self.blob_store.check)
+        except ServiceError:
+            blob_state = "unavailable"
+        ready = [w for w in workers if w.ready]
+        failed = [w for w in workers if w.state == "failed"]
+        card = ready[0].model if ready else None
+        demo = card.demo if card else s.uses_demo_model
+        now = time.time()
+        return HealthReport(
+            model_name=s.model_name,
+            model_path=card.path if card else (None if s.redact_source else s.resolved_model_path),
+            demo_model=demo,
+            note=DEMO_NOTE if demo else None,
+            devices=[w.device for w in ready],
+            device_names=[w.device_name for w in ready],
+            visible_cuda_devices=sum(1 for w in ready if w.device.startswith("cuda")),
+            queues=[q.waiting for q in loads],
+            ready=bool(ready) and redis_state == "ok" and blob_state == "ok",
+            startup_ok=not failed,
+            startup_error=failed[0].error if failed else None,
+            overloaded=bool(loads) and all(q.waiting >= s.max_queue_size for q in loads),
+            max_queue_size=s.max_queue_size,
+            dtype=card.dtype if card else None,
+            attn=card.attn if card else None,
+            batch=BatchConfig(max_batch_size=s.max_batch_size, batch_timeout_ms=s.batch_timeout_ms),
+            vlm_config=VLMConfig(
+                max_model_length=s.max_model_length,
+                max_image_size=s.max_image_size,
+                max_images_per_request=s.max_images_per_request,
+                allow_remote_images=s.allow_remote_images,
+            ),
+            workers=[_worker_report(q, now) for q in loads],
+            waiting_jobs=sum(q.waiting for q in loads) + lane,
+            redis=redis_state,
+            blob_store=blob_state,
+        )
 
-class HealthController(Controller):
-    path = "/"
-    tags = ["health"]
-    dependencies = {"svc": Provide(get_services, sync_to_thread=False)}
+    def models(self) -> ModelList:
+        """MODEL_NAME first, then its aliases; `created` is when this API process started."""
+        created = int(self.started_at)
+        return ModelList(data=[ModelObject(id=name, created=created) for name in self.settings.served_model_names])
 
-    @get("/health", summary="Service health (open even when API_KEY is set)")
-    async def health(self, svc: Services) -> HealthReport:
-        return await build_report(svc)
-
-    @get("/livez", summary="Liveness probe: the API process answers", include_in_schema=False)
-    async def livez(self) -> dict[str, bool]:
-        return {"alive": True}
-
-    @get("/readyz", summary="Readiness probe: Redis reachable and a worker ready", include_in_schema=False)
-    async def readyz(self, svc: Services) -> Response[dict[str, object]]:
-        report = await build_report(svc)
-        body: dict[str, object] = {
-            "ready": report.ready,
-            "redis": report.redis,
-            "blob_store": report.blob_store,
-            "workers_ready": len(report.devices),
-        }
-        return Response(body, status_code=200 if report.ready else 503)
+    async def apply_template(self, data: ApplyTemplateRequest) -> ApplyTemplateResponse:
+        """The exact prompt text a worker would feed the model, from a live worker's template."""
+        model = check_model(data.model, self.settings)
+        refs = image_refs(data.messages)
+        self.intake.check_refs(refs)
+        card = next((w.model for w in await self.fleet.live_workers() if w.model is not None), None)
+        if card is None:
+            raise ServiceUnavailable("no worker has loaded the model yet; retry shortly", code="no_workers")
+        if refs and not card.supports_images:
+            raise InvalidRequest("this model does not accept images", param="messages", code="images_not_supported")
+        # Images only need their place in the template, not their bytes.
+        messages = job_messages(data.messages, ["template"] * len(refs))
+        return ApplyTemplateResponse(
+            prompt=render_prompt(card.chat_template, card.template_kwargs, messages), model=model
+        )
