@@ -1,4 +1,4 @@
-"""Choosing a queue and enqueueing in one Lua script (api/admission.py), on a real Redis.
+"""Choosing a queue and enqueueing in one Lua script (api/dispatch/admission.py), on a real Redis.
 
 The jobs it writes must be exactly what rq's own enqueue writes, or workers, registries and rq's
 tooling would disagree about them; and it must route as the fleet rules say."""
