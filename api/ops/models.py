@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, get
 
-from api.ops.protocol import ModelList
+from api.ops.protocol import ModelList, ModelObject
 from api.ops.service import OpsService
 
 
@@ -14,4 +14,6 @@ class ModelsController(Controller):
 
     @get("", summary="List models")
     async def list_models(self, ops_service: OpsService) -> ModelList:
-        return ops_service.models()
+        settings = ops_service.settings
+        created = int(ops_service.started_at)
+        return ModelList(data=[ModelObject(id=name, created=created) for name in settings.served_model_names])

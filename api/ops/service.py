@@ -1,5 +1,5 @@
-"""The ops slice's work: the /health report (every field of the seeds' example, plus the fleet),
-the served model list and the rendered chat template; /metrics reads the fleet through it too."""
+"""The ops slice's work: the /health report (every field of the seeds' example, plus the fleet) and
+the rendered chat template; /metrics and /v1/models read the fleet and settings through it."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from api.ops.protocol import (
     ApplyTemplateResponse,
     BatchConfig,
     HealthReport,
-    ModelList,
-    ModelObject,
     VLMConfig,
     WorkerReport,
 )
@@ -48,6 +46,8 @@ def _worker_report(load: QueueLoad, now: float) -> WorkerReport:
 
 
 class OpsService:
+    """What the ops routes read: the settings, the fleet, Redis and the blob store."""
+
     def __init__(
         self,
         settings: Settings,
@@ -62,7 +62,7 @@ class OpsService:
         self.fleet = fleet
         self.blob_store = blob_store
         self.intake = intake
-        self.started_at = started_at
+        self.started_at = started_at  # when this API process started: /v1/models' `created`
 
     async def health(self) -> HealthReport:
         s = self.settings
@@ -111,11 +111,6 @@ class OpsService:
             redis=redis_state,
             blob_store=blob_state,
         )
-
-    def models(self) -> ModelList:
-        """MODEL_NAME first, then its aliases; `created` is when this API process started."""
-        created = int(self.started_at)
-        return ModelList(data=[ModelObject(id=name, created=created) for name in self.settings.served_model_names])
 
     async def apply_template(self, data: ApplyTemplateRequest) -> ApplyTemplateResponse:
         """The exact prompt text a worker would feed the model, from a live worker's template."""
