@@ -7,6 +7,7 @@ converted beside chat's (api/chat/convert.py) and the same request log; only the
 from __future__ import annotations
 
 from litestar import Controller, post
+from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from api.chat.protocol import ChatCompletion, ChatCompletionRequest, GenerateRequest, GenerateResponse
@@ -19,7 +20,9 @@ class ChatController(Controller):
     tags = ["chat"]
 
     @post("", status_code=200, summary="Create a chat completion (OpenAI-compatible; stream=true for SSE)")
-    async def create(self, data: ChatCompletionRequest, chat_service: ChatService) -> ChatCompletion | Stream:
+    async def create(
+        self, data: ChatCompletionRequest, chat_service: NamedDependency[ChatService]
+    ) -> ChatCompletion | Stream:
         if data.stream:
             return EventStream(await chat_service.stream(data))
         return await chat_service.complete(data)
@@ -30,5 +33,5 @@ class GenerateController(Controller):
     tags = ["generate"]
 
     @post("", status_code=200, summary="Generate from a raw prompt (no chat template)")
-    async def generate(self, data: GenerateRequest, chat_service: ChatService) -> GenerateResponse:
+    async def generate(self, data: GenerateRequest, chat_service: NamedDependency[ChatService]) -> GenerateResponse:
         return await chat_service.generate(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post
+from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from api.jobs.protocol import JobCreateRequest, JobObject
@@ -19,7 +20,7 @@ class JobsController(Controller):
     async def submit(
         self,
         data: JobCreateRequest,
-        submit_poll_service: SubmitPollService,
+        submit_poll_service: NamedDependency[SubmitPollService],
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", max_length=255)] = None,
     ) -> Response[JobObject]:
         body, created = await submit_poll_service.submit(data, idempotency_key)
@@ -29,11 +30,11 @@ class JobsController(Controller):
     async def read(
         self,
         job_id: str,
-        submit_poll_service: SubmitPollService,
+        submit_poll_service: NamedDependency[SubmitPollService],
         wait: Annotated[float, Parameter(query="wait", ge=0, le=3600)] = 0,
     ) -> JobObject:
         return await submit_poll_service.read(job_id, wait)
 
     @delete("/{job_id:str}", status_code=200, summary="Cancel a job (queued: never runs; running: stops)")
-    async def cancel(self, job_id: str, submit_poll_service: SubmitPollService) -> JobObject:
+    async def cancel(self, job_id: str, submit_poll_service: NamedDependency[SubmitPollService]) -> JobObject:
         return await submit_poll_service.cancel(job_id)

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -153,5 +154,5 @@ class MetricsController(Controller):
     tags = ["health"]
 
     @get("", summary="Prometheus metrics of this API process and the whole worker fleet", include_in_schema=False)
-    async def metrics(self, ops_service: OpsService) -> Response[bytes]:
+    async def metrics(self, ops_service: NamedDependency[OpsService]) -> Response[bytes]:
         return Response(await FleetMetrics(ops_service).render(), media_type=CONTENT_TYPE)

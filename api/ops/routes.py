@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
 
 from api.ops.protocol import ApplyTemplateRequest, ApplyTemplateResponse, HealthReport
 from api.ops.service import OpsService
@@ -13,7 +14,7 @@ class HealthController(Controller):
     tags = ["health"]
 
     @get("/health", summary="Service health (open even when API_KEY is set)")
-    async def health(self, ops_service: OpsService) -> HealthReport:
+    async def health(self, ops_service: NamedDependency[OpsService]) -> HealthReport:
         return await ops_service.health()
 
     @get("/livez", summary="Liveness probe: the API process answers", include_in_schema=False)
@@ -21,7 +22,7 @@ class HealthController(Controller):
         return {"alive": True}
 
     @get("/readyz", summary="Readiness probe: Redis reachable and a worker ready", include_in_schema=False)
-    async def readyz(self, ops_service: OpsService) -> Response[dict[str, object]]:
+    async def readyz(self, ops_service: NamedDependency[OpsService]) -> Response[dict[str, object]]:
         report = await ops_service.health()
         body: dict[str, object] = {
             "ready": report.ready,
@@ -37,5 +38,7 @@ class TemplateController(Controller):
     tags = ["chat"]
 
     @post("", status_code=200, summary="Render the chat template (no generation)")
-    async def apply(self, data: ApplyTemplateRequest, ops_service: OpsService) -> ApplyTemplateResponse:
+    async def apply(
+        self, data: ApplyTemplateRequest, ops_service: NamedDependency[OpsService]
+    ) -> ApplyTemplateResponse:
         return await ops_service.apply_template(data)
