@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from litestar import Controller, post
 from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from api.chat.protocol import ChatCompletion, ChatCompletionRequest, GenerateRequest, GenerateResponse
@@ -21,7 +22,7 @@ class ChatController(Controller):
 
     @post("", status_code=200, summary="Create a chat completion (OpenAI-compatible; stream=true for SSE)")
     async def create(
-        self, data: ChatCompletionRequest, chat_service: NamedDependency[ChatService]
+        self, data: JSONBody[ChatCompletionRequest], chat_service: NamedDependency[ChatService]
     ) -> ChatCompletion | Stream:
         if data.stream:
             return EventStream(await chat_service.stream(data))
@@ -33,5 +34,7 @@ class GenerateController(Controller):
     tags = ["generate"]
 
     @post("", status_code=200, summary="Generate from a raw prompt (no chat template)")
-    async def generate(self, data: GenerateRequest, chat_service: NamedDependency[ChatService]) -> GenerateResponse:
+    async def generate(
+        self, data: JSONBody[GenerateRequest], chat_service: NamedDependency[ChatService]
+    ) -> GenerateResponse:
         return await chat_service.generate(data)

@@ -8,7 +8,7 @@ from litestar import Controller, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Stream
 
 from api.files.protocol import DeletedFile, FileList, FileObject, FileUpload
@@ -37,17 +37,17 @@ class FilesController(Controller):
     async def list_files(
         self,
         file_service: NamedDependency[FileService],
-        limit: Annotated[int, Parameter(query="limit", ge=1, le=10000)] = 100,
-        after: Annotated[str | None, Parameter(query="after")] = None,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=10000)] = 100,
+        after: Annotated[str | None, QueryParameter(name="after")] = None,
     ) -> FileList:
         return await file_service.list(limit, after)
 
     @get("/{file_id:str}", summary="A file's metadata")
-    async def read(self, file_id: str, file_service: NamedDependency[FileService]) -> FileObject:
+    async def read(self, file_id: FromPath[str], file_service: NamedDependency[FileService]) -> FileObject:
         return await file_service.get(file_id)
 
     @get("/{file_id:str}/content", summary="A file's bytes")
-    async def content(self, file_id: str, file_service: NamedDependency[FileService]) -> Stream:
+    async def content(self, file_id: FromPath[str], file_service: NamedDependency[FileService]) -> Stream:
         record = await file_service.get(file_id)
         return Stream(
             file_service.content(file_id),
@@ -59,6 +59,6 @@ class FilesController(Controller):
         )
 
     @delete("/{file_id:str}", status_code=200, summary="Delete a file")
-    async def remove(self, file_id: str, file_service: NamedDependency[FileService]) -> DeletedFile:
+    async def remove(self, file_id: FromPath[str], file_service: NamedDependency[FileService]) -> DeletedFile:
         await file_service.delete(file_id)
         return DeletedFile(id=file_id)

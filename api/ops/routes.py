@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from api.ops.protocol import ApplyTemplateRequest, ApplyTemplateResponse, HealthReport
 from api.ops.service import OpsService
@@ -39,6 +40,6 @@ class TemplateController(Controller):
 
     @post("", status_code=200, summary="Render the chat template (no generation)")
     async def apply(
-        self, data: ApplyTemplateRequest, ops_service: NamedDependency[OpsService]
+        self, data: JSONBody[ApplyTemplateRequest], ops_service: NamedDependency[OpsService]
     ) -> ApplyTemplateResponse:
         return await ops_service.apply_template(data)
