@@ -2,7 +2,7 @@
 
 Each controller receives the one service it needs by name (`chat_service`, `submit_poll_service`,
 `batch_service`, `file_service`, `ops_service`); `SERVICE_DEPENDENCIES` is registered once, on the
-application, and nothing else reaches into `app.state`.
+application; no controller reads `app.state` itself.
 """
 
 from __future__ import annotations
