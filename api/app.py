@@ -1,4 +1,7 @@
-"""The Litestar application: controllers, the error handler, docs behind the API key.
+"""The Litestar application: the slices' controllers, the error handler, docs behind the API key.
+
+Guards are set once, on the router of the guarded endpoints; the slices' services once, on the
+application (see api/services.py). /health, probes and /metrics answer without the API key.
 
 This module (and everything the API imports) must not import torch: the API image has none.
 """
@@ -16,17 +19,15 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, Swagge
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import require_api_key
-from api.controllers.batches import BatchesController
-from api.controllers.chat import ChatController
-from api.controllers.files import FilesController
-from api.controllers.generate import GenerateController
-from api.controllers.health import HealthController
-from api.controllers.jobs import JobsController
-from api.controllers.models import ModelsController
-from api.controllers.templates import TemplateController
+from api.batches.routes import BatchesController
+from api.chat.routes import ChatController, GenerateController
 from api.errors import exception_handler
-from api.metrics import MetricsController, prometheus_config
-from api.services import services_lifespan
+from api.files.routes import FilesController
+from api.jobs.routes import JobsController
+from api.ops.metrics import MetricsController, prometheus_config
+from api.ops.models import ModelsController
+from api.ops.routes import HealthController, TemplateController
+from api.services import SERVICE_DEPENDENCIES, services_lifespan
 from shared.settings import Settings
 
 
@@ -57,8 +58,11 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
     )
 
 
-def create_app(settings: Settings) -> Litestar:
-    return Litestar(
+def _guarded(settings: Settings) -> Router:
+    """Every endpoint that needs the API key (when API_KEY is set)."""
+    return Router(
+        path="/",
+        guards=[require_api_key],
         route_handlers=[
             ChatController,
             GenerateController,
@@ -66,11 +70,16 @@ def create_app(settings: Settings) -> Litestar:
             ModelsController,
             JobsController,
             BatchesController,
-            HealthController,
-            MetricsController,
             # Uploads have their own, larger, body limit.
             Router(path="/", route_handlers=[FilesController], request_max_body_size=settings.max_file_bytes),
         ],
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    return Litestar(
+        route_handlers=[_guarded(settings), HealthController, MetricsController],
+        dependencies=SERVICE_DEPENDENCIES,
         exception_handlers={Exception: exception_handler},
         middleware=[prometheus_config().middleware],
         lifespan=[services_lifespan, _warm_template_renderer],

@@ -3,6 +3,9 @@
 `{"error": {"message", "type", "param", "code"}}` for everything a client can cause (validation,
 auth, size, routing) and for service-side trouble (Redis or blob store down: 503 + Retry-After).
 Unexpected exceptions are logged with their traceback and answered with a generic 500.
+A leaf module: it imports nothing of the API, so every slice can raise through it. The rejections
+counter lives here because this handler is where every refusal passes; /metrics renders it from
+prometheus_client's default registry.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
+from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.metrics import record_rejection
 from shared.errors import (
     InternalError,
     InvalidRequest,
@@ -28,6 +31,12 @@ from shared.errors import (
 )
 
 log = logging.getLogger("omega.api.errors")
+REJECTIONS = Counter("omega_api_rejections", "Requests refused for capacity or size, by reason", ["reason"])
+
+
+def record_rejection(status: int, code: str | None) -> None:
+    if status in (413, 429, 503):
+        REJECTIONS.labels(code or str(status)).inc()
 
 
 def _validation_error(exc: ValidationException) -> ServiceError:

@@ -1,4 +1,9 @@
-"""Long-lived connections and helpers of one API process, opened in the app's lifespan."""
+"""Long-lived connections and the slices' services of one API process, opened in the app's lifespan.
+
+Each controller receives the one service it needs by name (`chat_service`, `submit_poll_service`,
+`batch_service`, `file_service`, `ops_service`); `SERVICE_DEPENDENCIES` is registered once, on the
+application; no controller reads `app.state` itself.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import dataclass
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.di import Provide
 from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -16,31 +22,32 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry as SyncRetry
 
-from api.batch_runner import BatchRunner
-from api.batches import BatchService
-from api.dispatch import Dispatcher
-from api.feeder import LaneFeeder
-from api.files import FileService
-from api.fleet_view import FleetView
-from api.image_intake import ImageIntake
-from api.janitor_loop import run_janitor
-from api.jobs import JobService
-from api.remote_fetch import RemoteImageFetcher
-from shared.blobstore import BlobStore, create_blob_store
+from api.batches.advancer import BatchAdvancer
+from api.batches.service import BatchService
+from api.chat.service import ChatService
+from api.dispatch.dispatcher import Dispatcher
+from api.dispatch.feeder import LaneFeeder
+from api.dispatch.fleet_view import FleetView
+from api.dispatch.janitor_loop import run_janitor
+from api.files.service import FileService
+from api.intake.images import ImageIntake
+from api.intake.remote_fetch import RemoteImageFetcher
+from api.jobs.service import JobService
+from api.jobs.submit_poll import SubmitPollService
+from api.ops.service import OpsService
+from shared.blobstore import create_blob_store
 from shared.settings import Settings
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
-    settings: Settings
-    redis: Redis
-    blob_store: BlobStore
-    fleet: FleetView
-    intake: ImageIntake
-    dispatcher: Dispatcher
-    jobs: JobService
-    files: FileService
+    """The one instance of each slice's service (app.state.services)."""
+
+    chat: ChatService
+    submit_poll: SubmitPollService
     batches: BatchService
+    files: FileService
+    ops: OpsService
 
 
 def _redis(settings: Settings, *, blocking: bool) -> Redis:
@@ -80,23 +87,20 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     intake = ImageIntake(settings, store, fetcher)
     files = FileService(settings, redis, store)
     batches = BatchService(redis, files)
+    chat = ChatService(settings, intake, fleet, dispatcher, jobs)
     app.state.services = Services(
-        settings=settings,
-        redis=redis,
-        blob_store=store,
-        fleet=fleet,
-        intake=intake,
-        dispatcher=dispatcher,
-        jobs=jobs,
-        files=files,
+        chat=chat,
+        submit_poll=SubmitPollService(settings, jobs, chat, dispatcher),
         batches=batches,
+        files=files,
+        ops=OpsService(settings, redis, fleet, store, intake, app.state.started_at),
     )
     # Background loops every API process runs; each takes a Redis lock for its work, so any
     # number of API replicas cooperate and one dying is replaced by another.
-    runner = BatchRunner(settings, redis, sync_redis, batches, files, jobs, dispatcher, intake)
+    advancer = BatchAdvancer(settings, redis, sync_redis, batches, files, jobs, dispatcher, intake)
     tasks = [
         asyncio.create_task(LaneFeeder(settings, redis, sync_redis, fleet, jobs).run(), name="feeder"),
-        asyncio.create_task(runner.run(), name="batch-runner"),
+        asyncio.create_task(advancer.run(), name="batch-advancer"),
         asyncio.create_task(run_janitor(settings, sync_redis), name="janitor"),
     ]
     try:
@@ -111,6 +115,35 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
         sync_redis.close()
 
 
-def get_services(state: State) -> Services:
+def _services(state: State) -> Services:
     services: Services = state.services
     return services
+
+
+def provide_chat_service(state: State) -> ChatService:
+    return _services(state).chat
+
+
+def provide_submit_poll_service(state: State) -> SubmitPollService:
+    return _services(state).submit_poll
+
+
+def provide_batch_service(state: State) -> BatchService:
+    return _services(state).batches
+
+
+def provide_file_service(state: State) -> FileService:
+    return _services(state).files
+
+
+def provide_ops_service(state: State) -> OpsService:
+    return _services(state).ops
+
+
+SERVICE_DEPENDENCIES = {
+    "chat_service": Provide(provide_chat_service, sync_to_thread=False),
+    "submit_poll_service": Provide(provide_submit_poll_service, sync_to_thread=False),
+    "batch_service": Provide(provide_batch_service, sync_to_thread=False),
+    "file_service": Provide(provide_file_service, sync_to_thread=False),
+    "ops_service": Provide(provide_ops_service, sync_to_thread=False),
+}

@@ -55,7 +55,7 @@ def stat_counter(name: str) -> str:
 
 
 # --- jobs ---------------------------------------------------------------------------------
-# List of job ids of batch-priority work not yet on a worker queue (fed by api.feeder).
+# List of job ids of batch-priority work not yet on a worker queue (fed by api.dispatch.feeder).
 BATCH_LANE = f"{PREFIX}:lane:batch"
 # Ids the feeder has taken from the lane but not yet enqueued (recovered after a crash).
 BATCH_LANE_FEEDING = f"{PREFIX}:lane:batch:feeding"

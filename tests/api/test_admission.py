@@ -1,4 +1,4 @@
-"""Choosing a queue and enqueueing in one Lua script (api/admission.py), on a real Redis.
+"""Choosing a queue and enqueueing in one Lua script (api/dispatch/admission.py), on a real Redis.
 
 The jobs it writes must be exactly what rq's own enqueue writes, or workers, registries and rq's
 tooling would disagree about them; and it must route as the fleet rules say."""
@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 
-from api.admission import Admission, Admitter
-from api.dispatch import Dispatcher, queued_fields
+from api.dispatch.admission import Admission, Admitter
+from api.dispatch.dispatcher import Dispatcher, queued_fields
 from shared import keys
 from shared.contract import JobMeta, JobPayload, Message, SamplingParams, TextPart
 from shared.fleet import ModelCard, WorkerInfo

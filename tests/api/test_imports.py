@@ -11,7 +11,7 @@ from tests.support.procs import ROOT
 def test_importing_the_api_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import api.app, api.server, api.controllers.chat, shared.prompt\n"
+        "import api.app, api.server, api.chat.routes, shared.prompt\n"
         "from api.app import create_app\n"
         "from shared.settings_sources import load_settings\n"
         "create_app(load_settings(environ={}))\n"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from api.remote_fetch import AddressPolicy, RemoteImageFetcher
+from api.intake.remote_fetch import AddressPolicy, RemoteImageFetcher
 from shared.errors import ServiceError
 from shared.settings_sources import load_settings
 from tests.support.images import ALLOW_NETWORK, HOST_IP

@@ -24,8 +24,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 
-from api.fleet_view import FleetView
-from api.jobs import JobService
+from api.dispatch.fleet_view import FleetView
+from api.jobs.service import JobService
 from shared import keys
 from shared.contract import JobMeta, canceled_error, expired_error
 from shared.serializer import MsgpackSerializer

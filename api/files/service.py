@@ -19,6 +19,7 @@ import anyio.to_thread
 import msgspec
 from redis.asyncio import Redis
 
+from api.files.protocol import FileList, FileObject
 from api.pagination import page_ids
 from shared import keys
 from shared.blobstore import BlobStore
@@ -27,23 +28,6 @@ from shared.settings import Settings
 
 Purpose = Literal["batch", "batch_output"]
 SNIFF_LINES = 100
-
-
-class FileObject(msgspec.Struct, kw_only=True):
-    id: str
-    bytes: int
-    created_at: int
-    filename: str
-    purpose: str
-    object: str = "file"
-    status: str = "processed"
-    status_details: str | None = None
-
-
-class FileList(msgspec.Struct):
-    data: list[FileObject]
-    object: str = "list"
-    has_more: bool = False
 
 
 def check_jsonl(stream: BinaryIO, max_bytes: int) -> tuple[int, int]:

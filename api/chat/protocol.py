@@ -1,8 +1,11 @@
-"""OpenAI (and seeds / TGI) wire types, field for field.
+"""The chat slice's wire types (OpenAI chat completions, its stream chunks, and the seeds' / TGI's
+/generate), field for field. The message parts and `ChatCompletionRequest` / `ChatCompletion`
+are shared: jobs, batch lines and /v1/apply_template take the same messages and answer the same
+completion, so they import them from here.
 
 Requests ignore unknown fields on purpose: OpenAI clients send fields we do not use and must not
 be refused for it. Fields whose meaning we cannot honour (n > 1, logprobs, tools, json modes)
-are refused with a clear 400 in `api.convert` instead of being silently ignored.
+are refused with a clear 400 in `api.chat.convert` instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 MAX_STOP_STRINGS = 16
 SEED_MAX = 2**63 - 1
@@ -126,6 +129,35 @@ class ChatCompletion(msgspec.Struct):
     system_fingerprint: str | None = None
 
 
+# --- stream chunks (stream=true: one `data:` event each) ---------------------------------------
+class ChoiceDelta(msgspec.Struct, omit_defaults=True):
+    """What a chunk adds: the role once, then text (an empty delta closes the choice)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int
+    delta: ChoiceDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, kw_only=True):
+    """OpenAI's `chat.completion.chunk`. `usage` is absent unless the client asked for it with
+    stream_options.include_usage; then it is null on every chunk but the last, which carries it
+    with no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | UnsetType | None = UNSET
+
+
 # --- /generate (the seeds' simple generation, TGI's shape) -----------------------------------
 class GenerateParameters(msgspec.Struct, kw_only=True):
     max_new_tokens: Annotated[int, Meta(ge=1)] | None = None
@@ -156,64 +188,3 @@ class GenerateDetails(msgspec.Struct):
 class GenerateResponse(msgspec.Struct):
     generated_text: str
     details: GenerateDetails | None = None
-
-
-# --- submit-and-poll jobs -------------------------------------------------------------------
-class JobCreateRequest(ChatCompletionRequest, kw_only=True):
-    """POST /v1/jobs: a chat completion request, plus when to give up and how urgent it is."""
-
-    expires_after: Annotated[float, Meta(gt=0, le=30 * 86400)] | None = None
-    priority: Literal["interactive", "batch"] = "interactive"
-    metadata: dict[str, str] | None = None
-
-
-class ErrorDetail(msgspec.Struct):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class JobObject(msgspec.Struct, kw_only=True):
-    id: str
-    status: Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
-    created_at: int
-    model: str
-    priority: str
-    poll_url: str
-    object: str = "job"
-    expires_at: int | None = None
-    started_at: int | None = None
-    finished_at: int | None = None
-    queue_position: int | None = None
-    estimated_wait_seconds: float | None = None
-    result: ChatCompletion | None = None
-    error: ErrorDetail | None = None
-    metadata: dict[str, str] = {}
-    # DELETE only: what the cancellation did.
-    cancellation: (
-        Literal["canceled_before_start", "stopped_while_running", "finished_before_cancel", "cancel_requested"] | None
-    ) = None
-
-
-# --- templates, models --------------------------------------------------------------------
-class ApplyTemplateRequest(msgspec.Struct, kw_only=True):
-    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
-    model: str | None = None
-
-
-class ApplyTemplateResponse(msgspec.Struct):
-    prompt: str
-    model: str
-
-
-class ModelObject(msgspec.Struct):
-    id: str
-    created: int
-    owned_by: str = "omega-vlm"
-    object: str = "model"
-
-
-class ModelList(msgspec.Struct):
-    data: list[ModelObject]
-    object: str = "list"

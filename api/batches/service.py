@@ -1,4 +1,4 @@
-"""OpenAI Batch API requests: create, read, list and cancel batches (the work is in batch_runner)."""
+"""OpenAI Batch API requests: create, read, list and cancel batches (the work is in advancer.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from api.batch_model import SUPPORTED_ENDPOINTS, BatchList, BatchObject, BatchRecord
-from api.files import FileService
+from api.batches.protocol import SUPPORTED_ENDPOINTS, BatchList, BatchObject
+from api.batches.record import BatchRecord
+from api.files.service import FileService
 from api.pagination import page_ids
 from shared import keys
 from shared.errors import Conflict, InvalidRequest, NotFound

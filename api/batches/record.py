@@ -1,4 +1,4 @@
-"""OpenAI's Batch object and how a batch is kept in Redis (one hash of plain fields).
+"""How a batch is kept in Redis: one hash of plain fields, decoded into OpenAI's Batch object.
 
 Counters live in the same hash so workers and the API can bump them atomically (HINCRBY):
 `completed`, `failed` and `canceled` for jobs that ended, `line_errors` for input lines that
@@ -8,74 +8,11 @@ never became jobs, `submitted` for jobs created.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-BatchStatus = Literal[
-    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
-]
-FINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
-SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
-TIMESTAMPS = (
-    "in_progress_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-)
-COUNTERS = ("total", "completed", "failed", "canceled", "line_errors", "submitted", "expanded_lines", "expanded_offset")
-
-
-class RequestCounts(msgspec.Struct):
-    total: int
-    completed: int
-    failed: int
-
-
-class BatchError(msgspec.Struct):
-    code: str
-    message: str
-    param: str | None = None
-    line: int | None = None
-
-
-class BatchErrors(msgspec.Struct):
-    data: list[BatchError]
-    object: str = "list"
-
-
-class BatchObject(msgspec.Struct, kw_only=True):
-    id: str
-    endpoint: str
-    input_file_id: str
-    completion_window: str
-    status: BatchStatus
-    created_at: int
-    expires_at: int
-    request_counts: RequestCounts
-    object: str = "batch"
-    errors: BatchErrors | None = None
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    in_progress_at: int | None = None
-    finalizing_at: int | None = None
-    completed_at: int | None = None
-    failed_at: int | None = None
-    expired_at: int | None = None
-    cancelling_at: int | None = None
-    cancelled_at: int | None = None
-    metadata: dict[str, str] | None = None
-
-
-class BatchList(msgspec.Struct):
-    data: list[BatchObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-    object: str = "list"
+from api.batches.protocol import BatchErrors, BatchObject, RequestCounts
 
 
 def _text(value: bytes | str | None) -> str | None:

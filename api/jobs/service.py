@@ -23,8 +23,8 @@ from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.results import Result
 
-from api.dispatch import Dispatcher, Outcome, parse_result
-from api.fleet_view import FleetView
+from api.dispatch.dispatcher import Dispatcher, Outcome, parse_result
+from api.dispatch.fleet_view import FleetView
 from shared import keys
 from shared.contract import CANCELED, EXPIRED, JobError, JobMeta, JobResult, canceled_error, encode_error, expired_error
 from shared.errors import Conflict, NotFound

@@ -1,7 +1,7 @@
 """GET /metrics: one Prometheus scrape of any API process shows the whole fleet.
 
 - the API's own HTTP metrics (Litestar's Prometheus middleware: requests by route and status,
-  latency histograms) and rejections by reason;
+  latency histograms) and rejections by reason (counted in api/errors.py, in the default registry);
 - fleet gauges read from Redis at scrape time: waiting and in-flight jobs per queue, the age of
   the oldest waiting job, the batch lane, workers by state;
 - every live worker's own metrics (batch sizes, generate seconds, tokens, time to first token,
@@ -17,32 +17,25 @@ from datetime import datetime
 from typing import Any
 
 from litestar import Controller, Response, get
-from litestar.di import Provide
+from litestar.di import NamedDependency
 from litestar.plugins.prometheus import PrometheusConfig
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from api.services import Services, get_services
+from api.ops.service import OpsService
 from shared import keys
 from shared.fleet import WorkerInfo
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: list[str | float] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
 
-REJECTIONS = Counter("omega_api_rejections", "Requests refused for capacity or size, by reason", ["reason"])
-
 
 def prometheus_config() -> PrometheusConfig:
     return PrometheusConfig(
         app_name="omega-vlm", prefix="omega_api", group_path=True, buckets=LATENCY_BUCKETS, exclude=["/metrics"]
     )
-
-
-def record_rejection(status: int, code: str | None) -> None:
-    if status in (413, 429, 503):
-        REJECTIONS.labels(code or str(status)).inc()
 
 
 def _age(stamp: Any, now: float) -> float:
@@ -75,7 +68,7 @@ def merge_worker_metrics(expositions: dict[str, bytes]) -> list[Metric]:
 
 
 class FleetMetrics:
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: OpsService) -> None:
         self.svc = svc
 
     async def families(self) -> list[Metric]:
@@ -159,8 +152,7 @@ class FleetMetrics:
 class MetricsController(Controller):
     path = "/metrics"
     tags = ["health"]
-    dependencies = {"svc": Provide(get_services, sync_to_thread=False)}
 
     @get("", summary="Prometheus metrics of this API process and the whole worker fleet", include_in_schema=False)
-    async def metrics(self, svc: Services) -> Response[bytes]:
-        return Response(await FleetMetrics(svc).render(), media_type=CONTENT_TYPE)
+    async def metrics(self, ops_service: NamedDependency[OpsService]) -> Response[bytes]:
+        return Response(await FleetMetrics(ops_service).render(), media_type=CONTENT_TYPE)

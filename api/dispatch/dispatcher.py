@@ -23,8 +23,8 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.utils import now
 
-from api.admission import Admitter
-from api.fleet_view import FleetView, QueueLoad
+from api.dispatch.admission import Admitter
+from api.dispatch.fleet_view import FleetView, QueueLoad
 from shared import keys
 from shared.contract import JobError, JobMeta, JobPayload, JobResult, decode_error, decode_result, encode
 from shared.errors import GatewayTimeout, ServiceError, error_from_fields

@@ -31,7 +31,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 from rq.job import Job
 
-from api.batch_lines import (
+from api.batches.lines import (
     LineError,
     LineReader,
     RawLine,
@@ -41,14 +41,15 @@ from api.batch_lines import (
     parse_line,
     success_line,
 )
-from api.batch_model import FINAL_STATUSES, BatchRecord
-from api.batches import BatchService
-from api.chat_jobs import build_chat_job, completion
-from api.dispatch import Dispatcher, parse_result
-from api.files import FileService
-from api.image_intake import ImageIntake
-from api.jobs import JobService
-from api.protocol import ChatCompletionRequest
+from api.batches.protocol import FINAL_STATUSES
+from api.batches.record import BatchRecord
+from api.batches.service import BatchService
+from api.chat.protocol import ChatCompletionRequest
+from api.chat.service import build_chat_job, completion
+from api.dispatch.dispatcher import Dispatcher, parse_result
+from api.files.service import FileService
+from api.intake.images import ImageIntake
+from api.jobs.service import JobService
 from shared import keys
 from shared.blobstore import BlobNotFound
 from shared.contract import CANCELED, EXPIRED, JobError, JobMeta, JobResult
@@ -69,7 +70,9 @@ return 1
 """
 
 
-class BatchRunner:
+class BatchAdvancer:
+    """Moves every active OpenAI batch forward a bounded step at a time (one per lock held)."""
+
     def __init__(
         self,
         settings: Settings,

@@ -1,6 +1,6 @@
 """A validated request becomes a job: the model contract, refusals, parameters, messages.
 
-The schema (api.protocol) has already checked types and ranges; this adds the rules that need
+The schema (api.chat.protocol) has already checked types and ranges; this adds the rules that need
 the settings (model names, the max_tokens clamp, defaults) and the ones OpenAI states in prose.
 """
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from api.image_intake import ImageRef
-from api.protocol import (
+from api.chat.protocol import (
     ChatCompletionRequest,
     ChatMessage,
     GenerateParameters,
@@ -18,6 +17,7 @@ from api.protocol import (
     ImageURLContent,
     TextContent,
 )
+from api.intake.images import ImageRef
 from shared.contract import ImagePart, Message, Part, SamplingParams, TextPart
 from shared.errors import InvalidRequest, ModelNotFound
 from shared.settings import Settings

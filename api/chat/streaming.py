@@ -20,8 +20,9 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from redis.exceptions import RedisError
 
-from api.dispatch import parse_result
-from api.jobs import JobService
+from api.chat.protocol import ChatCompletionChunk, ChoiceDelta, ChunkChoice, Usage
+from api.dispatch.dispatcher import parse_result
+from api.jobs.service import JobService
 from shared import keys
 from shared.contract import JobError, JobPayload, JobResult
 from shared.settings import Settings
@@ -69,35 +70,35 @@ class ChatStream:
         self.jobs = jobs
         self.job_id = payload.id
         self.include_usage = include_usage
-        self.base = {
-            "id": f"chatcmpl-{payload.id}",
-            "object": "chat.completion.chunk",
-            "created": int(payload.created_at),
-            "model": model,
-            "system_fingerprint": None,
-        }
+        self.completion_id = f"chatcmpl-{payload.id}"
+        self.created = int(payload.created_at)
+        self.model = model
         self.sent = ""
         self.finished = False
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        extra = {"usage": None} if self.include_usage else {}
-        return sse({**self.base, "choices": [choice], **extra})
+    def _event(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
+        chunk = ChatCompletionChunk(id=self.completion_id, created=self.created, model=self.model, choices=choices)
+        if self.include_usage:
+            chunk.usage = usage  # null on every chunk but the last
+        return sse(chunk)
+
+    def _chunk(self, delta: ChoiceDelta, finish_reason: str | None = None) -> bytes:
+        return self._event([ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)])
 
     def _ending(self, outcome: JobResult | JobError) -> list[bytes]:
         if isinstance(outcome, JobError):
             return [sse(outcome.body()), DONE]
         out = []
         if outcome.text.startswith(self.sent) and len(outcome.text) > len(self.sent):
-            out.append(self._chunk({"content": outcome.text[len(self.sent) :]}))
-        out.append(self._chunk({}, outcome.finish_reason))
+            out.append(self._chunk(ChoiceDelta(content=outcome.text[len(self.sent) :])))
+        out.append(self._chunk(ChoiceDelta(), outcome.finish_reason))
         if self.include_usage:
-            usage = {
-                "prompt_tokens": outcome.prompt_tokens,
-                "completion_tokens": outcome.completion_tokens,
-                "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
-            }
-            out.append(sse({**self.base, "choices": [], "usage": usage}))
+            usage = Usage(
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                total_tokens=outcome.prompt_tokens + outcome.completion_tokens,
+            )
+            out.append(self._event([], usage))
         out.append(DONE)
         return out
 
@@ -106,7 +107,7 @@ class ChatStream:
         positions = {deltas: "0-0", results: "0-0"}
         deadline = time.monotonic() + self.settings.request_timeout_s
         try:
-            yield self._chunk({"role": "assistant", "content": ""})
+            yield self._chunk(ChoiceDelta(role="assistant", content=""))
             while (left := deadline - time.monotonic()) > 0:
                 try:
                     reply = await asyncio.wait_for(
@@ -125,7 +126,7 @@ class ChatStream:
                         if _text(key) == deltas:
                             text = _text(fields.get(b"d", b""))
                             self.sent += text
-                            yield self._chunk({"content": text})
+                            yield self._chunk(ChoiceDelta(content=text))
                             continue
                         outcome = parse_result(self.job_id, _text(entry_id), fields)
                         if outcome is not None:

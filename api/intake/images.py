@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
-from api.remote_fetch import RemoteImageFetcher
+from api.intake.remote_fetch import RemoteImageFetcher
 from shared.blobstore import BlobStore, put_image
 from shared.errors import InvalidRequest, PayloadTooLarge
 from shared.images import probe_image

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Request, get
+from litestar import Controller, get
+from litestar.di import NamedDependency
 
-from api.auth import require_api_key
-from api.protocol import ModelList, ModelObject
+from api.ops.protocol import ModelList, ModelObject
+from api.ops.service import OpsService
 
 
 class ModelsController(Controller):
     path = "/v1/models"
     tags = ["models"]
-    guards = [require_api_key]
 
     @get("", summary="List models")
-    async def list_models(self, request: Request) -> ModelList:  # type: ignore[type-arg]
-        settings = request.app.state.settings
-        created = int(request.app.state.started_at)
+    async def list_models(self, ops_service: NamedDependency[OpsService]) -> ModelList:
+        settings = ops_service.settings
+        created = int(ops_service.started_at)
         return ModelList(data=[ModelObject(id=name, created=created) for name in settings.served_model_names])

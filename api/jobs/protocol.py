@@ -1,0 +1,47 @@
+"""The jobs slice's wire types: POST /v1/jobs takes a chat request, GET/DELETE answer a job object."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from api.chat.protocol import ChatCompletion, ChatCompletionRequest
+
+
+class JobCreateRequest(ChatCompletionRequest, kw_only=True):
+    """POST /v1/jobs: a chat completion request, plus when to give up and how urgent it is."""
+
+    expires_after: Annotated[float, Meta(gt=0, le=30 * 86400)] | None = None
+    priority: Literal["interactive", "batch"] = "interactive"
+    metadata: dict[str, str] | None = None
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class JobObject(msgspec.Struct, kw_only=True):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+    created_at: int
+    model: str
+    priority: str
+    poll_url: str
+    object: str = "job"
+    expires_at: int | None = None
+    started_at: int | None = None
+    finished_at: int | None = None
+    queue_position: int | None = None
+    estimated_wait_seconds: float | None = None
+    result: ChatCompletion | None = None
+    error: ErrorDetail | None = None
+    metadata: dict[str, str] = {}
+    # DELETE only: what the cancellation did.
+    cancellation: (
+        Literal["canceled_before_start", "stopped_while_running", "finished_before_cancel", "cancel_requested"] | None
+    ) = None
