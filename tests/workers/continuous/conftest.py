@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,26 +19,36 @@ from workers.engine import Engine, RowOutput
 from workers.loader import load_model
 
 
-def build_text_model(demo_model_dir: Path, out_dir: Path) -> Path:
-    """A tiny random Llama (no vision tower) that shares the demo model's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def _text_config(family: str, tokenizer: Any) -> Any:
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    common = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "initializer_range": 0.3,  # peaked logits, as the demo model's: stable greedy and seeded text
+    }
+    if family == "gemma3":
+        # A window far shorter than the prompts, so the sliding layers really drop columns.
+        layers = ["sliding_attention", "full_attention", "sliding_attention"]
+        return Gemma3TextConfig(num_hidden_layers=3, layer_types=layers, sliding_window=6, head_dim=16, **common)
+    return LlamaConfig(num_hidden_layers=2, **common)
+
+
+def build_text_model(demo_model_dir: Path, out_dir: Path, family: str = "llama") -> Path:
+    """A tiny random text-only causal LM (Llama, or Gemma 3 with sliding-window layers) that
+    shares the demo model's tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.3,  # peaked logits, as the demo model's: stable greedy and seeded text
-    )
     torch.manual_seed(1)
-    model = LlamaForCausalLM(config).eval()
+    model = AutoModelForCausalLM.from_config(_text_config(family, tokenizer)).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir)
@@ -50,11 +61,20 @@ def build_text_model(demo_model_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-@pytest.fixture(scope="session")
-def text_engine(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    folder = build_text_model(demo_model_dir, tmp_path_factory.mktemp("text-model"))
+def _text_engine(demo_model_dir: Path, folder: Path, family: str) -> Engine:
+    build_text_model(demo_model_dir, folder, family)
     settings = engine_settings(folder, MAX_INPUT_TOKENS="256")
     return Engine(load_model(settings, torch.device("cpu"), lambda _: None), settings)
+
+
+@pytest.fixture(scope="session")
+def text_engine(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return _text_engine(demo_model_dir, tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def sliding_engine(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return _text_engine(demo_model_dir, tmp_path_factory.mktemp("gemma3"), "gemma3")
 
 
 @dataclass

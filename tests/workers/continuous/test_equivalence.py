@@ -77,3 +77,13 @@ def test_images_of_different_sizes_and_counts_share_the_running_batch(engine: En
     run = drive(engine, {0: rows[:1], 2: rows[1:3], 5: rows[3:]})
     assert max(run.running) == 4
     assert essence([run.outputs[r.job.id] for r in rows]) == essence(alone(engine, jobs))
+
+
+@pytest.mark.parametrize("k", [0, 5, 13])
+def test_sliding_window_layers_merge_and_compact_correctly(sliding_engine: Engine, k: int) -> None:
+    # Gemma 3 layers with a 6-token window: prompts and outputs are far longer, so rows joined
+    # with left padding and compacted after others leave must keep exactly their own window.
+    first, *rest = [sliding_engine.prepare(j, imgs) for j, imgs in TEXT_JOBS]
+    run = drive(sliding_engine, {0: [first], k: rest} if k else {0: [first, *rest]})
+    got = [run.outputs[r.job.id] for r in [first, *rest]]
+    assert essence(got) == essence(alone(sliding_engine, TEXT_JOBS))
