@@ -102,7 +102,9 @@ def row(engine: Engine, text: str, grids: list[tuple[int, int]], **params: Any) 
     ids += tok(" ASSISTANT:", add_special_tokens=False)["input_ids"]
     input_ids = torch.tensor(ids)
     params.setdefault("max_new_tokens", 16)
-    job = JobPayload(id=f"q{next(_ids)}", prompt=text, kind="generate", params=SamplingParams(**params), created_at=time.time())
+    job = JobPayload(
+        id=f"q{next(_ids)}", prompt=text, kind="generate", params=SamplingParams(**params), created_at=time.time()
+    )
     plan = engine._plan(job, len(ids))
     image_extras: dict[str, torch.Tensor] = {}
     if grids:
