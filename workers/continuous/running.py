@@ -10,6 +10,7 @@ the same copy and padding never outgrows the longest live row.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Sequence
@@ -32,10 +33,14 @@ def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(mask, (missing, 0)) if missing > 0 else mask
 
 
+@functools.cache
+def _keeps_logits(model_class: Any) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
 def _forward_kwargs(model: Any) -> dict[str, Any]:
     # Only the last position's logits are needed; generate asks for the same.
-    accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
-    return {"use_cache": True, **({"logits_to_keep": 1} if accepts else {})}
+    return {"use_cache": True, **({"logits_to_keep": 1} if _keeps_logits(model.__class__) else {})}
 
 
 @dataclass
