@@ -76,6 +76,7 @@ class ContinuousEngine:
         self.rules = RowRules(engine.m.eos_ids, engine._decode_raw, on_delta)
         self.waiting: deque[PreparedRow] = deque()
         self.batch: RunningBatch | None = None
+        self.admitting = True  # False while draining (SIGTERM): running rows finish, none join
         self.steps = 0  # decoding forwards run (observable: tests, metrics)
         self.prefills = 0
 
@@ -95,7 +96,8 @@ class ContinuousEngine:
 
     @property
     def idle(self) -> bool:
-        return self.batch is None and not self.waiting
+        """Nothing to run: no running rows, and no waiting rows that may still be admitted."""
+        return self.batch is None and (not self.waiting or not self.admitting)
 
     def submit(self, row: PreparedRow) -> None:
         self.waiting.append(row)
@@ -164,7 +166,7 @@ class ContinuousEngine:
         return True
 
     def _admit(self) -> None:
-        group = self._group()
+        group = self._group() if self.admitting else []
         if not group:
             return
         for _ in group:

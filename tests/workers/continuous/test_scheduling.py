@@ -106,3 +106,35 @@ def test_a_row_that_cannot_prefill_fails_alone(engine: Engine) -> None:
     ce.run_until_idle()
     assert set(failed) == {bad.job.id} and set(done) == {good.job.id}
     assert done[good.job.id].completion_tokens == 4
+
+
+def test_draining_finishes_running_rows_and_admits_none(engine: Engine) -> None:
+    running, waiting = long_row(engine, n=12), short_row(engine)
+    done: list[str] = []
+    ce = ContinuousEngine(engine, lambda r, o: done.append(r.job.id), lambda r, e: None, Limits(max_rows=1))
+    ce.submit(running)
+    ce.submit(waiting)
+    ce.run_step()
+    ce.admitting = False  # SIGTERM: the worker gives the waiting rows back to the queue
+    ce.run_until_idle()
+    assert done == [running.job.id] and list(ce.waiting) == [waiting]
+
+
+def test_filter_compacts_the_cache_to_the_longest_live_row(engine: Engine) -> None:
+    from workers.continuous.live import RowRules
+    from workers.continuous.running import RunningBatch, prefill
+
+    rules = RowRules(engine.m.eos_ids, engine._decode_raw, None)
+    long = engine.prepare(job("a much longer prompt " * 2, 1, max_new_tokens=30, min_new_tokens=30), [RED])
+    short = short_row(engine, "hi")
+    batch = prefill(engine.m, [long], rules)
+    for _ in range(10):
+        batch.step(engine.m, rules)
+    batch = RunningBatch.concatenate(batch, prefill(engine.m, [short], rules))
+    assert batch.columns == long.prompt_tokens + 10  # the short row is left-padded to the long one
+    batch.step(engine.m, rules)
+    kept = batch.filter([1])  # the long row leaves
+    assert kept is not None
+    assert kept.columns == short.prompt_tokens + 1 and bool(kept.mask.all())
+    for layer in kept.cache.layers:
+        assert layer.keys.shape[0] == 1 and layer.keys.shape[-2] == kept.columns
