@@ -1,6 +1,6 @@
 """Static micro-batches vs the continuous engine, in-process on the demo model (not yet in `make bench`).
 
-    python -m benchmarks.continuous_core [--text] [--shorts 40] [--longs 4] [--prefill-tokens 2048]
+    python -m benchmarks.continuous_core [--text] [--shorts 40] [--longs 4] [--long-tokens 256] [--prefill-tokens 2048]
 
 Mixed workload: `--longs` rows of 256 tokens arrive at t=0; 4-token rows arrive after them at
 fixed-seed Poisson gaps (30 ms mean). The static side runs what the worker runs today: up to
@@ -40,6 +40,7 @@ IMAGE = Image.new("RGB", (64, 48), (200, 40, 40))
 class Request:
     arrival: float  # seconds after the start
     row: PreparedRow
+    long: bool = False
     done: float | None = None
     tokens: int = 0
 
@@ -51,9 +52,9 @@ def make_row(engine: Engine, i: int, tokens: int, image: bool) -> PreparedRow:
     return engine.prepare(job, [IMAGE] if image else [])
 
 
-def workload(engine: Engine, longs: int, shorts: int, gap_s: float, image: bool) -> list[Request]:
+def workload(engine: Engine, longs: int, long_tokens: int, shorts: int, gap_s: float, image: bool) -> list[Request]:
     rng = random.Random(7)
-    requests = [Request(0.0, make_row(engine, i, 256, image)) for i in range(longs)]
+    requests = [Request(0.0, make_row(engine, i, long_tokens, image), long=True) for i in range(longs)]
     at = 0.0
     for i in range(shorts):
         at += rng.expovariate(1 / gap_s)
@@ -114,8 +115,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summarise(name: str, requests: list[Request], makespan: float, worst: float) -> dict[str, float]:
-    short = [(r.done or 0) - r.arrival for r in requests if r.row.plan.max_new_tokens == 4]
-    long = [(r.done or 0) - r.arrival for r in requests if r.row.plan.max_new_tokens == 256]
+    short = [(r.done or 0) - r.arrival for r in requests if not r.long]
+    long = [(r.done or 0) - r.arrival for r in requests if r.long]
     tokens = sum(r.tokens for r in requests)
     return {
         "short p50 ms": 1000 * statistics.median(short),
@@ -143,6 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text", action="store_true", help="requests without images")
     parser.add_argument("--longs", type=int, default=4)
+    parser.add_argument("--long-tokens", type=int, default=256)
     parser.add_argument("--shorts", type=int, default=40)
     parser.add_argument("--gap-ms", type=float, default=30.0)
     parser.add_argument("--prefill-tokens", type=int, default=Limits(1).prefill_tokens)
@@ -163,7 +165,7 @@ def main() -> None:
         "static": 1000 * min(run_static(engine, fresh([r]))[0] for r in alone),
         "continuous": 1000 * min(run_continuous(engine, fresh([r]), limits)[0] for r in alone),
     }
-    requests = workload(engine, args.longs, args.shorts, args.gap_ms / 1000, image)
+    requests = workload(engine, args.longs, args.long_tokens, args.shorts, args.gap_ms / 1000, image)
     mixed = {
         "static": best_of(args.rounds, lambda: summarise("static", fresh(requests), *run_static(engine, requests))),
         "continuous": best_of(
@@ -178,7 +180,7 @@ def main() -> None:
         uniform_rates[name] = max(16 * 32 / run(engine, fresh(reqs))[0] for _ in range(args.rounds))
 
     kind = "text" if args.text else "image"
-    print(f"demo model, {kind} requests, {args.longs} x 256-token rows + {args.shorts} x 4-token rows")
+    print(f"demo model, {kind} requests, {args.longs} x {args.long_tokens}-token rows + {args.shorts} x 4-token rows")
     print(
         f"(Poisson {args.gap_ms:.0f} ms), MAX_BATCH_SIZE={settings.max_batch_size}, prefill cap {args.prefill_tokens}"
     )
