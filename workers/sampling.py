@@ -65,14 +65,17 @@ def exponential_noise(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tenso
     return exponential_noise_at(seeds, step, tokens)
 
 
-def exponential_noise_at(seeds: torch.Tensor, step: int, tokens: torch.Tensor) -> torch.Tensor:
+def exponential_noise_at(seeds: torch.Tensor, step: int | torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """The same noise for the given token ids only ((B, N) ids, or (1, N) for every row): a
-    token's value does not depend on which other tokens are asked for."""
+    token's value does not depend on which other tokens are asked for. `step` is one step for
+    every row, or a (B,) int64 tensor of per-row steps (rows of a continuous batch each count
+    their own)."""
 
     def const(value: int) -> torch.Tensor:
         return torch.tensor(value, dtype=torch.int64, device=seeds.device)
 
-    z = seeds.unsqueeze(1) * const(_GOLDEN) + const(step) * const(_STEP) + tokens + const(_GOLDEN)
+    steps = step.unsqueeze(1) if isinstance(step, torch.Tensor) else const(step)
+    z = seeds.unsqueeze(1) * const(_GOLDEN) + steps * const(_STEP) + tokens + const(_GOLDEN)
     z = (z ^ _shift(z, 30)) * const(_MIX1)
     z = (z ^ _shift(z, 27)) * const(_MIX2)
     z = z ^ _shift(z, 31)

@@ -1,0 +1,74 @@
+"""Merge and slice transformers' dynamic KV caches along the batch, TGI-style.
+
+Every row of a running batch is right-aligned: its cached tokens end at the last column and
+left padding (masked out) fills the rest. `merge` left-pads the shorter batch's layers and stacks
+rows; `select` keeps some rows and drops leading columns that only padding uses (compaction).
+Full-attention layers hold every column; sliding-window layers hold the last min(columns,
+window - 1) and count columns in `cumulative_length`, which sizes their attention mask. Because
+padding is only ever on the left, a row's real tokens stay contiguous, so a window measured in
+columns is the same window of real tokens the row would have alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+_SUPPORTED = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+class UnsupportedCache(TypeError):
+    """The model's cache has layers (linear attention, quantised, static) that cannot be merged."""
+
+
+def check_supported(cache: Any) -> None:
+    for layer in cache.layers:
+        if type(layer) not in _SUPPORTED:
+            raise UnsupportedCache(f"continuous batching cannot merge {type(layer).__name__} cache layers")
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - tensor.shape[-2]
+    if missing <= 0:
+        return tensor
+    pad = tensor.new_zeros((*tensor.shape[:-2], missing, tensor.shape[-1]))
+    return torch.cat([pad, tensor], dim=-2)
+
+
+def merge(first: Any, second: Any, columns: int) -> Any:
+    """`first`'s rows then `second`'s, right-aligned; `columns` is the merged batch's width.
+    Consumes both: `first` is updated in place and returned."""
+    for a, b in zip(first.layers, second.layers, strict=True):
+        if not (a.is_initialized and b.is_initialized):
+            continue  # a layer that shares another's KV (no tensors of its own)
+        width = max(a.keys.shape[-2], b.keys.shape[-2])
+        a.keys = torch.cat([_pad_left(a.keys, width), _pad_left(b.keys, width)], dim=0)
+        a.values = torch.cat([_pad_left(a.values, width), _pad_left(b.values, width)], dim=0)
+        if isinstance(a, DynamicSlidingWindowLayer):
+            a.cumulative_length = columns
+    return first
+
+
+def select(cache: Any, rows: torch.Tensor, columns: int) -> Any:
+    """Keep `rows` (indices) and only the last `columns` columns; in place, returns `cache`."""
+    for layer in cache.layers:
+        if not layer.is_initialized:
+            continue
+        start = max(0, layer.keys.shape[-2] - columns)
+        layer.keys = layer.keys[rows, :, start:].contiguous()
+        layer.values = layer.values[rows, :, start:].contiguous()
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length = columns
+    return cache
+
+
+def columns_of(cache: Any) -> int:
+    """Width of the cache in columns (the longest full layer; a sliding layer's count)."""
+    widths = [
+        layer.cumulative_length if isinstance(layer, DynamicSlidingWindowLayer) else layer.keys.shape[-2]
+        for layer in cache.layers
+        if layer.is_initialized
+    ]
+    return max(widths, default=0)
