@@ -195,7 +195,9 @@ def test_the_worker_image_takes_flash_attn_from_a_pinned_wheel() -> None:
     assert build_args(path)["FLASH_ATTN_WHEEL_URL"] == ""  # empty = SDPA, the build still succeeds
     # The documented name scheme of the flash-attention releases, with a worked example.
     assert "flash_attn-{FA}+cu{CUDA major}torch{torch major.minor}cxx11abi{TRUE|FALSE}-cp{py}-cp{py}" in dockerfile
-    assert re.search(r"releases/download/v2\.\d+\.\d+/flash_attn-2\.\d+\.\d+%2Bcu12torch2\.\d+cxx11abiTRUE-cp311", dockerfile)
+    assert re.search(
+        r"releases/download/v2\.\d+\.\d+/flash_attn-2\.\d+\.\d+%2Bcu12torch2\.\d+cxx11abiTRUE-cp311", dockerfile
+    )
     installs = [r for r in runs(path) if "FLASH_ATTN_WHEEL_URL" in r and "pip install" in r]
     assert len(installs) == 1 and 'pip install --no-deps "${FLASH_ATTN_WHEEL_URL}"' in installs[0]
     assert 'if [ -n "${FLASH_ATTN_WHEEL_URL}" ]' in installs[0] and "|| true" not in installs[0]
@@ -217,5 +219,7 @@ def test_the_worker_image_build_reports_its_attention(tmp_path: Path) -> None:
     assert wanted.returncode == 1
     (tmp_path / "flash_attn").mkdir()
     (tmp_path / "flash_attn" / "__init__.py").write_text('__version__ = "2.8.3"\n')
-    present = subprocess.run([sys.executable, "-c", code, "https://x/flash_attn.whl"], capture_output=True, text=True, env=env)
+    present = subprocess.run(
+        [sys.executable, "-c", code, "https://x/flash_attn.whl"], capture_output=True, text=True, env=env
+    )
     assert present.returncode == 0 and present.stdout == "attention: flash_attention_2 (flash-attn 2.8.3)\n"

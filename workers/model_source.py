@@ -97,9 +97,8 @@ def _from_hub(repo_id: str, settings: Settings) -> Path:
             "(a private repo needs HF_TOKEN)"
         ) from None
     except errors.RevisionNotFoundError:
-        raise ModelLoadError(
-            f"MODEL_REVISION {_shown(str(settings.model_revision), settings)} does not exist for {MODEL_SETTING} {shown}"
-        ) from None
+        revision = _shown(str(settings.model_revision), settings)
+        raise ModelLoadError(f"MODEL_REVISION {revision} does not exist for {MODEL_SETTING} {shown}") from None
     except errors.LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is on" if offline else "the hub cannot be reached"
         raise ModelLoadError(

@@ -34,15 +34,15 @@ def lay_out_hub_cache(model_dir: Path, cache_dir: Path, repo_id: str, commit: st
     return snapshot
 
 
-CONFIGURATION_PY = '''
+CONFIGURATION_PY = """
 from transformers import LlavaConfig
 
 
 class OmegaLlavaConfig(LlavaConfig):
     model_type = "omega_llava"
-'''
+"""
 
-MODELING_PY = '''
+MODELING_PY = """
 from transformers import LlavaForConditionalGeneration
 
 from .configuration_omega import OmegaLlavaConfig
@@ -50,7 +50,7 @@ from .configuration_omega import OmegaLlavaConfig
 
 class OmegaLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     config_class = OmegaLlavaConfig
-'''
+"""
 
 
 def remote_code_model(demo_model_dir: Path, out: Path) -> Path:
@@ -83,11 +83,9 @@ def remote_code_model(demo_model_dir: Path, out: Path) -> Path:
 
 def torchvision_processor_model(demo_model_dir: Path, out: Path) -> Path:
     """The demo model's weights with a Qwen2-VL processor, whose video processor needs torchvision."""
-    from transformers import Qwen2VLProcessor
+    from transformers import AutoTokenizer, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    from transformers import AutoTokenizer
 
     from workers.demo_model import CHAT_TEMPLATE
 

@@ -59,7 +59,9 @@ def test_a_hub_id_loads_from_the_cache_offline(
 
 
 def test_a_hub_id_missing_offline_is_a_plain_error(offline: None, tmp_path: Path) -> None:
-    settings = load_settings(environ={"MODEL_ID": "omega-test/absent", "CACHE_DIR": str(tmp_path), "REDACT_SOURCE": "0"})
+    settings = load_settings(
+        environ={"MODEL_ID": "omega-test/absent", "CACHE_DIR": str(tmp_path), "REDACT_SOURCE": "0"}
+    )
     with pytest.raises(ModelLoadError) as err:
         load_model(settings, CPU, lambda _: None)
     message = str(err.value)
