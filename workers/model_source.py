@@ -152,5 +152,7 @@ def explain_processor_error(exc: Exception, settings: Settings) -> ModelLoadErro
             "the processor of this model ships its own code and TRUST_REMOTE_CODE is off: "
             "set TRUST_REMOTE_CODE=1 to run it"
         )
-    shown = "the model" if settings.redact_source else settings.resolved_model_path
-    return ModelLoadError(f"could not load the processor of {shown}: {text}")
+    if settings.redact_source:  # transformers' own message may hold the path
+        why = f"{type(exc).__name__}; REDACT_SOURCE hides the details"
+        return ModelLoadError(f"could not load the processor of the model ({why})")
+    return ModelLoadError(f"could not load the processor of {settings.resolved_model_path}: {text}")
