@@ -137,7 +137,7 @@ def load_model(settings: Settings, device: torch.device, step: Callable[[str], N
     import transformers
     from transformers import AutoProcessor
 
-    folder = resolve_model_folder(settings)
+    folder = resolve_model_folder(settings, step)
     refuse_untrusted_code(folder, settings)
     path = str(folder)
     dtype = resolve_dtype(settings.dtype, device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def looks_like_path(value: str) -> bool:
     return value.startswith(("/", ".", "~")) or "\\" in value or not _REPO_ID.match(value)
 
 
-def resolve_model_folder(settings: Settings) -> Path:
+def resolve_model_folder(settings: Settings, step: Callable[[str], None] = lambda _: None) -> Path:
     """The local folder holding the configured model, downloading a hub repo into the cache."""
     value = settings.resolved_model_path
     folder = Path(value).expanduser()
@@ -68,12 +69,16 @@ def resolve_model_folder(settings: Settings) -> Path:
             f"{MODEL_SETTING} {_shown(value, settings)} is not a model folder: nothing is there "
             "(give a folder holding config.json, or a hub repo id such as org/name)"
         )
+    step("Fetching the model from the hub cache (downloading what is missing)…")
     return _from_hub(value, settings)
 
 
 def _from_hub(repo_id: str, settings: Settings) -> Path:
     import huggingface_hub
     from huggingface_hub import errors
+
+    if settings.redact_source:  # the seeds: no download progress bars that would show the source
+        huggingface_hub.utils.disable_progress_bars()
 
     shown = _shown(repo_id, settings)
     offline = huggingface_hub.constants.HF_HUB_OFFLINE

@@ -52,7 +52,9 @@ def test_a_hub_id_loads_from_the_cache_offline(
     env = {"MODEL_ID": REPO, "CACHE_DIR": str(cache), "HF_TOKEN": "hf_unused", "REDACT_SOURCE": "0"}
     for extra in ({}, {"MODEL_REVISION": COMMIT}):
         settings = load_settings(environ={**env, **extra, "MAX_INPUT_TOKENS": "64"})
-        loaded = load_model(settings, CPU, lambda _: None)
+        steps: list[str] = []
+        loaded = load_model(settings, CPU, steps.append)
+        assert steps[0].startswith("Fetching the model from the hub cache")
         assert loaded.card.path == REPO and loaded.card.demo
         hub_engine = Engine(loaded, settings)
         assert greedy_text(hub_engine) == greedy_text(engine)  # the same weights as the folder
