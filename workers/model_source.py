@@ -66,7 +66,8 @@ def resolve_model_folder(settings: Settings, step: Callable[[str], None] = lambd
         return folder
     if folder.exists() or looks_like_path(value):
         raise ModelLoadError(
-            f"{MODEL_SETTING} {_shown(value, settings)} is not a model folder: nothing is there "
+            f"{MODEL_SETTING} {_shown(value, settings)} is not a model folder: "
+            f"{'a file' if folder.exists() else 'nothing'} is there "
             "(give a folder holding config.json, or a hub repo id such as org/name)"
         )
     step("Fetching the model from the hub cache (downloading what is missing)…")
