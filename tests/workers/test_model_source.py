@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from shared.settings_sources import load_settings
+from tests.support.fake_hub import FakeHub, start_fake_hub
 from tests.support.model_folders import (
     COMMIT,
     lay_out_hub_cache,
@@ -117,6 +119,7 @@ def test_a_known_model_type_with_auto_map_loads_without_trust(demo_model_dir: Pa
 LOAD_SCRIPT = """
 import sys, torch
 from shared.settings_sources import load_settings
+from tests.support.fake_hub import FakeHub, start_fake_hub
 from workers.loader import load_model
 from workers.model_source import ModelLoadError
 try:
@@ -128,20 +131,55 @@ print("loaded")
 """
 
 
+def run_loader(settings_env: dict[str, str], pythonpath: str = str(ROOT)) -> subprocess.CompletedProcess[str]:
+    """The real loader in a fresh interpreter, which reads HF_* variables at import as a worker does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "OMEGA_", "HF_", "HUGGING_FACE_"))}
+    env.update(PYTHONPATH=pythonpath, OMP_NUM_THREADS="1", REDACT_SOURCE="0", **settings_env)
+    return subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
 def test_a_processor_that_needs_torchvision_says_so(demo_model_dir: Path, tmp_path: Path) -> None:
     folder = torchvision_processor_model(demo_model_dir, tmp_path / "qwen-processor")
     from transformers import AutoProcessor
 
     assert AutoProcessor.from_pretrained(folder).video_processor is not None  # loads where torchvision is
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "OMEGA_"))}
-    env.update(
-        PYTHONPATH=f"{no_torchvision_dir(tmp_path)}{os.pathsep}{ROOT}",
-        MODEL_PATH=str(folder),
-        OMP_NUM_THREADS="1",
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    out = run_loader({"MODEL_PATH": str(folder)}, f"{no_torchvision_dir(tmp_path)}{os.pathsep}{ROOT}")
     assert out.returncode == 3, out.stdout + out.stderr
     assert "needs torchvision, which is not installed" in out.stdout
     assert "Qwen2VLVideoProcessor requires the Torchvision library" in out.stdout
+
+
+@pytest.fixture
+def fake_hub(demo_model_dir: Path) -> Iterator[FakeHub]:
+    hub = start_fake_hub(demo_model_dir, REPO, COMMIT, token="hf_right")
+    # Files of other formats a repo may carry beside the transformers weights.
+    hub.files.update({"original/consolidated.pth": b"0" * 64, "onnx/model.onnx": b"1" * 64})
+    yield hub
+    hub.stop()
+
+
+def test_a_hub_id_downloads_with_hf_token_then_loads_offline(fake_hub: FakeHub, tmp_path: Path) -> None:
+    cache = str(tmp_path / "hub")
+    env = {"MODEL_ID": REPO, "HF_TOKEN": "hf_right", "HF_HUB_CACHE": cache, "HF_HUB_DISABLE_XET": "1"}
+    out = run_loader({**env, "HF_ENDPOINT": fake_hub.url})
+    assert out.returncode == 0 and out.stdout.strip().endswith("loaded"), out.stdout + out.stderr
+    assert fake_hub.requests and {auth for _, _, auth in fake_hub.requests} == {"Bearer hf_right"}
+    downloads = [path for method, path, _ in fake_hub.requests if method == "GET" and "/resolve/" in path]
+    fetched = {path.rsplit("/resolve/", 1)[1].partition("/")[2] for path in downloads}
+    assert "model.safetensors" in fetched and not fetched & {"original/consolidated.pth", "onnx/model.onnx"}
+    cached = huggingface_hub.scan_cache_dir(cache).repos
+    assert [(r.repo_id, [rev.commit_hash for rev in r.revisions]) for r in cached] == [(REPO, [COMMIT])]
+    # What was downloaded is enough later on without the hub.
+    fake_hub.stop()
+    offline = run_loader({**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": fake_hub.url})
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+
+
+def test_a_private_hub_id_without_the_right_token_names_hf_token(fake_hub: FakeHub, tmp_path: Path) -> None:
+    env = {"MODEL_ID": REPO, "HUGGING_FACE_HUB_TOKEN": "hf_wrong", "HF_HUB_CACHE": str(tmp_path)}
+    out = run_loader({**env, "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_XET": "1"})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert fake_hub.requests[0][2] == "Bearer hf_wrong"
+    assert f"{REPO!r}: no such model on the hub and no such local folder (a private repo needs HF_TOKEN)" in out.stdout
