@@ -17,12 +17,8 @@ import torch
 from shared.fleet import ModelCard
 from shared.settings import Settings
 from workers.demo_model import is_demo_model
-from workers.model_source import (
-    ModelLoadError,
-    explain_processor_error,
-    refuse_untrusted_code,
-    resolve_model_folder,
-)
+from workers.model_source import ModelLoadError as ModelLoadError  # re-exported: callers catch it here
+from workers.model_source import explain_processor_error, refuse_untrusted_code, resolve_model_folder
 
 log = logging.getLogger("omega.worker.loader")
 
