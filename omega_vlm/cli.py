@@ -172,7 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_api(settings)
     if args.command == "worker":
-        return _worker(settings, args)
+        from workers.runtime_env import TransformersInstallError
+
+        try:
+            return _worker(settings, args)
+        except TransformersInstallError as exc:  # a plain line, not a traceback
+            print(f"omega-vlm: {exc}", file=sys.stderr)
+            return 2
     configure_logging(settings, args.command)
     try:
         if args.command == "make-demo-model":

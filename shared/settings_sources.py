@@ -48,15 +48,15 @@ OPTIONS: tuple[Option, ...] = (
     # model
     _o(
         "model_path",
-        "MODEL_PATH",
+        ("MODEL_PATH", "MODEL_ID"),
         ("--model-path", "--model-id"),
-        "Local model folder or Hugging Face repo id; unset = the generated demo model",
+        "Local model folder or Hugging Face repo id (org/name); unset = the generated demo model",
     ),
     _o("model_name", "MODEL_NAME", "--model-name", "Display model name; requests must use it"),
     _o("model_aliases", "MODEL_ALIASES", "--model-aliases", "Comma-separated extra names the model contract accepts"),
     _o("model_revision", "MODEL_REVISION", "--model-revision", "Hub branch/tag/commit to pin"),
     _o("trust_remote_code", "TRUST_REMOTE_CODE", "--trust-remote-code", "Allow custom model code"),
-    _o("hf_token", ("HUGGING_FACE_HUB_TOKEN", "HF_TOKEN"), (), "Token for private hub models"),
+    _o("hf_token", ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), (), "Token for private or gated hub models"),
     _o("cache_dir", "CACHE_DIR", "--cache-dir", "Hugging Face hub cache folder (sets HF_HUB_CACHE)"),
     _o(
         "transformers_path",

@@ -10,7 +10,6 @@ import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +17,8 @@ import torch
 from shared.fleet import ModelCard
 from shared.settings import Settings
 from workers.demo_model import is_demo_model
+from workers.model_source import ModelLoadError as ModelLoadError  # re-exported: callers catch it here
+from workers.model_source import explain_processor_error, refuse_untrusted_code, resolve_model_folder
 
 log = logging.getLogger("omega.worker.loader")
 
@@ -30,10 +31,6 @@ FALLBACK_TEMPLATE = (
 )
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded as configured (the message says which setting to change)."""
 
 
 @dataclass
@@ -136,14 +133,15 @@ def load_model(settings: Settings, device: torch.device, step: Callable[[str], N
     import transformers
     from transformers import AutoProcessor
 
-    path = settings.resolved_model_path
+    folder = resolve_model_folder(settings, step)
+    refuse_untrusted_code(folder, settings)
+    path = str(folder)
     dtype = resolve_dtype(settings.dtype, device)
     step("Loading tokenizer…")
     try:
         processor = AutoProcessor.from_pretrained(path, **_hub_kwargs(settings))
-    except (OSError, ValueError) as exc:
-        shown = "the model" if settings.redact_source else path
-        raise ModelLoadError(f"could not load the processor of {shown}: {exc}") from exc
+    except (OSError, ValueError, ImportError) as exc:
+        raise explain_processor_error(exc, settings) from exc
     tokenizer = getattr(processor, "tokenizer", processor)
     step("Tokenizer ready")
     model, attn, supports_images = _load_weights(path, settings, device, dtype, step)
@@ -153,8 +151,8 @@ def load_model(settings: Settings, device: torch.device, step: Callable[[str], N
     template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
     special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
     card = ModelCard(
-        path=None if settings.redact_source else path,
-        demo=is_demo_model(Path(path)),
+        path=None if settings.redact_source else settings.resolved_model_path,
+        demo=is_demo_model(folder),
         dtype=str(dtype),
         attn=attn,
         chat_template=template or FALLBACK_TEMPLATE,

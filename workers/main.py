@@ -23,6 +23,7 @@ from workers.engine import Engine
 from workers.fleet_member import FleetMember
 from workers.images import ImageLoader
 from workers.loader import load_model
+from workers.model_source import ModelLoadError
 from workers.rq_worker import BatchWorker
 from workers.runner import BatchRunner
 from workers.streaming import DeltaPublisher
@@ -93,7 +94,10 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
             progress(f"{tag} torch.compile={'on' if engine.compiled else 'off'}")
     except Exception as exc:
         log.error("worker %s failed to start: %s", worker_id, exc, exc_info=settings.debug)
-        member.update(state="failed", error=str(exc) if not settings.redact_source else type(exc).__name__)
+        # ModelLoadError messages name the setting to change and honour REDACT_SOURCE themselves:
+        # /health and `up`'s "Not ready" line show them; anything else shows only its type.
+        shown = str(exc) if not settings.redact_source or isinstance(exc, ModelLoadError) else type(exc).__name__
+        member.update(state="failed", error=shown)
         member.stop()
         return 1
     progress(f"{tag} Ready.")

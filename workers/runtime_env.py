@@ -31,18 +31,29 @@ def prepare_worker_env(settings: Settings) -> None:
         os.environ.setdefault("HF_TOKEN", settings.hf_token)
 
 
-def transformers_origin() -> str:
+class TransformersInstallError(RuntimeError):
+    """TRANSFORMERS_INSTALL_PATH could not be installed (pip's own output says why)."""
+
+
+def transformers_origin(python: str = sys.executable) -> str:
     """'transformers X.Y.Z from /path/__init__.py', read in a fresh interpreter (after an install)."""
     code = "import transformers; print(transformers.__version__, transformers.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
     version, _, path = out.stdout.strip().partition(" ")
     return f"transformers {version} from {path}" if out.returncode == 0 else "transformers is not importable"
 
 
-def install_transformers(source: str) -> None:
-    """`pip install -U SOURCE` (path, git URL or wheel), then say what is installed and where."""
+def install_transformers(source: str, python: str = sys.executable) -> str:
+    """The seeds' override: `pip install -U SOURCE` (path, git URL or wheel) into the running
+    environment, then print what is installed and where it loads from. Returns that line."""
     print(f"[entrypoint] installing transformers from {source}", flush=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-U", source], check=True)
-    origin = transformers_origin()
+    done = subprocess.run([python, "-m", "pip", "install", "-U", source], check=False)
+    if done.returncode != 0:
+        raise TransformersInstallError(
+            f"TRANSFORMERS_INSTALL_PATH (--transformers-path): pip could not install {source!r} "
+            f"(exit {done.returncode}; pip's output above says why)"
+        )
+    origin = transformers_origin(python)
     print(f"[entrypoint] {origin}", flush=True)
     print(f"[entrypoint] Using {origin}", flush=True)
+    return origin

@@ -1,4 +1,5 @@
-"""GET /v1/models: the served model names (MODEL_NAME first, then its aliases)."""
+"""GET /v1/models and /v1/models/{id}: the served model names (MODEL_NAME first, then its
+aliases), each as OpenAI's model object; an unknown id is OpenAI's 404 model_not_found."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from litestar.di import NamedDependency
 
 from api.ops.protocol import ModelList, ModelObject
 from api.ops.service import OpsService
+from shared.errors import ModelNotFound
+
+
+def _cards(ops_service: OpsService) -> list[ModelObject]:
+    created = int(ops_service.started_at)
+    return [ModelObject(id=name, created=created) for name in ops_service.settings.served_model_names]
 
 
 class ModelsController(Controller):
@@ -15,6 +22,13 @@ class ModelsController(Controller):
 
     @get("", summary="List models")
     async def list_models(self, ops_service: NamedDependency[OpsService]) -> ModelList:
-        settings = ops_service.settings
-        created = int(ops_service.started_at)
-        return ModelList(data=[ModelObject(id=name, created=created) for name in settings.served_model_names])
+        return ModelList(data=_cards(ops_service))
+
+    # `path`, not `str`: hub-style names ("org/name") hold a slash, and the OpenAI SDK sends them as is.
+    @get("/{model_id:path}", summary="Retrieve a model")
+    async def retrieve_model(self, model_id: str, ops_service: NamedDependency[OpsService]) -> ModelObject:
+        wanted = model_id.lstrip("/")
+        for card in _cards(ops_service):
+            if card.id == wanted:
+                return card
+        raise ModelNotFound(f"The model `{wanted}` does not exist", param="model")

@@ -58,3 +58,40 @@ def test_open_server_needs_no_key(stack: Stack) -> None:
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="anything", max_retries=0)
     reply = client.chat.completions.create(model="omega", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert reply.model == "omega"
+
+
+def test_models_retrieve(client: openai.OpenAI) -> None:
+    listed = {m.id: m for m in client.models.list()}
+    for name in ("model", "omega"):
+        card = client.models.retrieve(name)
+        assert (card.id, card.object, card.owned_by) == (name, "model", "omega-vlm")
+        assert card.created == listed[name].created > 0
+
+
+def test_models_retrieve_unknown_is_openai_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.status_code == 404
+    assert missing.value.body == {
+        "message": "The model `no-such-model` does not exist",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+
+
+def test_models_retrieve_needs_the_key(strict_api: str) -> None:
+    anonymous = openai.OpenAI(base_url=f"{strict_api}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.models.retrieve("model")
+
+
+def test_models_retrieve_a_hub_style_name(stack: Stack) -> None:
+    url = stack.start_api("hub-name", MODEL_NAME="omega-test/tiny-vlm")
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="anything", max_retries=0)
+        assert client.models.retrieve("omega-test/tiny-vlm").id == "omega-test/tiny-vlm"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("omega-test/other")
+    finally:
+        stack.stop_api("hub-name")

@@ -124,6 +124,11 @@ def test_aliases_and_shortcuts() -> None:
     assert parse_cli_settings(["--disable-fa2"]).attn_impl == "sdpa"
     assert parse_cli_settings(["--attn-impl", "eager", "--enable-fa2"]).attn_impl == "flash_attention_2"
     assert load_settings(environ={"HF_TOKEN": "t"}).hf_token == "t"
+    assert load_settings(environ={"HUGGING_FACE_HUB_TOKEN": "old"}).hf_token == "old"
+    # huggingface_hub's own order: HF_TOKEN wins over the older name.
+    assert load_settings(environ={"HUGGING_FACE_HUB_TOKEN": "old", "HF_TOKEN": "t"}).hf_token == "t"
+    assert load_settings(environ={"MODEL_ID": "org/name"}).model_path == "org/name"
+    assert load_settings(environ={"MODEL_ID": "org/name", "MODEL_PATH": "/m"}).model_path == "/m"
 
 
 @pytest.mark.parametrize(
