@@ -8,25 +8,14 @@ never became jobs, `submitted` for jobs created.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-BatchStatus = Literal[
-    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
-]
-FINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
+from shared.contract import BatchStatus
+from shared.redis_text import text_or_none
+
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
-TIMESTAMPS = (
-    "in_progress_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-)
-COUNTERS = ("total", "completed", "failed", "canceled", "line_errors", "submitted", "expanded_lines", "expanded_offset")
 
 
 class RequestCounts(msgspec.Struct):
@@ -78,17 +67,11 @@ class BatchList(msgspec.Struct):
     object: str = "list"
 
 
-def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class BatchRecord:
     """The Redis hash of one batch, decoded; `to_object` gives the OpenAI view."""
 
     def __init__(self, fields: dict[Any, Any]) -> None:
-        self.fields = {_text(k) or "": _text(v) for k, v in fields.items()}
+        self.fields = {text_or_none(k) or "": text_or_none(v) for k, v in fields.items()}
 
     def text(self, name: str) -> str | None:
         value = self.fields.get(name)

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from shared.contract import CancelReason, JobStatus, Priority
+
 MAX_STOP_STRINGS = 16
 SEED_MAX = 2**63 - 1
 
@@ -163,7 +165,7 @@ class JobCreateRequest(ChatCompletionRequest, kw_only=True):
     """POST /v1/jobs: a chat completion request, plus when to give up and how urgent it is."""
 
     expires_after: Annotated[float, Meta(gt=0, le=30 * 86400)] | None = None
-    priority: Literal["interactive", "batch"] = "interactive"
+    priority: Priority = "interactive"
     metadata: dict[str, str] | None = None
 
 
@@ -176,7 +178,7 @@ class ErrorDetail(msgspec.Struct):
 
 class JobObject(msgspec.Struct, kw_only=True):
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+    status: JobStatus
     created_at: int
     model: str
     priority: str
@@ -191,9 +193,7 @@ class JobObject(msgspec.Struct, kw_only=True):
     error: ErrorDetail | None = None
     metadata: dict[str, str] = {}
     # DELETE only: what the cancellation did.
-    cancellation: (
-        Literal["canceled_before_start", "stopped_while_running", "finished_before_cancel", "cancel_requested"] | None
-    ) = None
+    cancellation: CancelReason | None = None
 
 
 # --- templates, models --------------------------------------------------------------------

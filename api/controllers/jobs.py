@@ -13,10 +13,10 @@ from litestar.params import Parameter
 
 from api.auth import require_api_key
 from api.chat_jobs import build_chat_job, completion
-from api.jobs import Cancellation, JobSnapshot
+from api.jobs import JobSnapshot
 from api.protocol import ChatCompletionRequest, ErrorDetail, JobCreateRequest, JobObject
 from api.services import Services, get_services
-from shared.contract import JobError, JobMeta, JobResult
+from shared.contract import CancelReason, JobError, JobMeta, JobResult
 from shared.errors import InvalidRequest
 
 
@@ -24,7 +24,7 @@ def _int(value: float | None) -> int | None:
     return int(value) if value is not None else None
 
 
-async def job_object(svc: Services, snap: JobSnapshot, cancellation: Cancellation | None = None) -> JobObject:
+async def job_object(svc: Services, snap: JobSnapshot, cancellation: CancelReason | None = None) -> JobObject:
     position, wait = await svc.jobs.position(snap)
     result = error = None
     if isinstance(snap.outcome, JobResult):
