@@ -40,8 +40,8 @@ LEFT_OUT: dict[str, str] = {
     "dependents": "our jobs never have dependents: no WATCH on the dependents key, nothing to enqueue",
     "repeats": "our jobs never repeat: no Repeat.schedule",
     "retries": "rq's Retry is never set on our jobs (the janitor re-runs crashed jobs instead)",
-    "job re-save": "only `status` and `ended_at` change when a job ends; rq re-writes every field "
-    "(payload and all) with Job.save",
+    "job re-save": "on success only `status` and `ended_at` change; rq re-writes every field "
+    "(payload and all) with Job.save (on failure rq's failed registry re-saves it, and so do we)",
     "callbacks, webhooks, rate-limit slot": "none are ever configured for our jobs",
 }
 

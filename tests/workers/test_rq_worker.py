@@ -77,7 +77,7 @@ def test_batch_worker_runs_one_batch_and_records_every_job(
         job = Job.fetch(f"job-{i}", connection=conn, serializer=MsgpackSerializer)
         assert job.get_status() == JobStatus.FINISHED
         result = decode_result(Result.fetch_latest(job, serializer=MsgpackSerializer).return_value)
-        assert result.completion_tokens == 4 and result.batch_size == 5 and result.worker == "unit-worker"
+        assert result.completion_tokens == 4 and result.micro_batch_size == 5 and result.worker == "unit-worker"
     missing = Job.fetch("job-missing-blob", connection=conn, serializer=MsgpackSerializer)
     error = decode_error(Result.fetch_latest(missing, serializer=MsgpackSerializer).exc_string)
     assert error is not None and error.status == 404
