@@ -24,6 +24,7 @@ from shared import keys
 from shared.contract import STOPPING_BATCH_STATUSES, JobMeta, canceled_error, expired_error
 from shared.queue import jobs
 from shared.queue.finish import finalize_unrun
+from shared.queue.fleet import by_load
 from shared.redis_text import text, text_or_none, texts
 from shared.settings import Settings
 
@@ -80,7 +81,7 @@ class LaneFeeder:
         if not await self.redis.llen(keys.BATCH_LANE):
             return 0
         workers = [w for w in await self.fleet.live_workers() if w.ready]
-        loads = sorted(await self.fleet.loads(workers), key=lambda q: q.score)
+        loads = by_load(await self.fleet.loads(workers))
         moved = 0
         for load in loads:
             for _ in range(self._room(load.waiting, load.worker.capacity)):

@@ -32,9 +32,13 @@ class QueueLoad:
         return (self.waiting + self.in_flight) / max(1, self.worker.capacity)
 
 
+def by_load(loads: Sequence[QueueLoad]) -> list[QueueLoad]:
+    """Least loaded first: lowest score, ready workers before loading ones on a tie, then by queue."""
+    return sorted(loads, key=lambda q: (q.score, not q.worker.ready, q.worker.queue))
+
+
 def least_loaded(loads: Sequence[QueueLoad]) -> QueueLoad:
-    """Lowest score first, ready workers before loading ones on a tie, then by queue name."""
-    return min(loads, key=lambda q: (q.score, not q.worker.ready, q.worker.queue))
+    return by_load(loads)[0]
 
 
 def _decode_records(raws: list[Any]) -> list[WorkerInfo]:
