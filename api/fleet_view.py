@@ -55,7 +55,7 @@ class FleetView:
 
     async def check_room(self) -> None:
         """Refuse early (no worker, every queue full) before a request's images are fetched and
-        stored. Choosing the queue is api/admission.py's, atomically with the enqueue."""
+        stored. Choosing the queue is shared/queue/admission.py's, atomically with the enqueue."""
         loads = await self.loads(await self.candidates())
         if all(q.waiting >= self.settings.max_queue_size for q in loads):
             raise self.full(loads)
