@@ -111,11 +111,11 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         default_result_ttl=settings.result_ttl_s,
         worker_ttl=max(30, int(settings.worker_ttl_s * 3)),
         job_monitoring_interval=max(5, int(settings.worker_heartbeat_s * 2)),
-        on_micro_batch=lambda _size, seconds: member.record_batch(seconds),
+        on_micro_batch=lambda _size, seconds: member.record_micro_batch(seconds),
     )
     member.on_beat = worker.maintain_running_heartbeats
     # SIGUSR1 (Kubernetes' preStop): drain. The API stops routing here and the janitor moves the
-    # waiting jobs to other workers; the batch in hand finishes; SIGTERM then stops the process.
+    # waiting jobs to other workers; the micro-batch in hand finishes; SIGTERM then stops the process.
     signal.signal(signal.SIGUSR1, lambda *_: member.update(state="stopping"))
     member.metrics = lambda: publish_metrics(device)
     member.update(state="ready", model=loaded.card)

@@ -92,7 +92,7 @@ class MicroBatchRunner:
         except Exception as exc:
             if len(rows) == 1:
                 return [job_error(exc, rows[0].job.id)]
-            log.warning("batch of %d failed (%s); retrying rows one by one", len(rows), exc)
+            log.warning("generate call of %d rows failed (%s); retrying rows one by one", len(rows), exc)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return [out for row in rows for out in self._generate([row])]
