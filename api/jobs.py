@@ -1,6 +1,6 @@
 """Submit-and-poll jobs: what state a job is in, where it waits, and how it is canceled or expires.
 
-A job's state is read from rq (its status and meta) and from its results stream (the outcome);
+A job's state is rq's status and meta plus the latest entry of its results stream (the outcome);
 nothing is stored twice. Canceled and expired are final states of their own: they are written as
 results with a distinctive error code, so a waiter on the results stream wakes for them too.
 """

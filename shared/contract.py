@@ -58,7 +58,7 @@ CANCELED = "job_canceled"
 EXPIRED = "job_expired"
 
 # --- vocabulary: each defined here once -------------------------------------------------------
-# A job's state as clients see it (GET /v1/jobs); derived from rq's status and the job's outcome.
+# A job's state as clients see it (GET /v1/jobs), derived from its queue status and its outcome.
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
 FINAL_JOB_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "canceled", "expired"})
 # What DELETE /v1/jobs/{id} did.
