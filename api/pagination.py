@@ -6,6 +6,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from shared.redis_text import texts
+
 
 async def page_ids(redis: Redis, index: str, limit: int, after: str | None) -> tuple[list[str], bool]:
     """Up to `limit` ids after the id `after` (newest first), and whether more follow."""
@@ -14,5 +16,5 @@ async def page_ids(redis: Redis, index: str, limit: int, after: str | None) -> t
         rank: Any = await redis.zrevrank(index, after)
         start = 0 if rank is None else int(rank) + 1
     raw = await redis.zrevrange(index, start, start + limit)
-    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw]
+    ids = texts(raw)
     return ids[:limit], len(ids) > limit

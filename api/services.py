@@ -99,7 +99,7 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     # number of API replicas cooperate and one dying is replaced by another.
     advancer = BatchAdvancer(settings, redis, sync_redis, batches, files, jobs, dispatcher, intake)
     tasks = [
-        asyncio.create_task(LaneFeeder(settings, redis, sync_redis, fleet, jobs).run(), name="feeder"),
+        asyncio.create_task(LaneFeeder(settings, redis, sync_redis, fleet).run(), name="feeder"),
         asyncio.create_task(advancer.run(), name="batch-advancer"),
         asyncio.create_task(run_janitor(settings, sync_redis), name="janitor"),
     ]

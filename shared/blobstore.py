@@ -1,8 +1,8 @@
-"""Blob storage for image bytes (and, later, batch files).
+"""Blob storage for image bytes and uploaded/batch files (`keys.file_blob`).
 
 Two implementations behind one protocol: a local directory (the embedded default) and any
 S3-compatible store through boto3. Images are content-addressed (`image_key(sha256)`), so the
-same image is stored once however many requests send it.
+same image is stored once however many requests send it; files are stored under their file id.
 """
 
 from __future__ import annotations

@@ -57,6 +57,22 @@ Priority = Literal["interactive", "batch"]
 CANCELED = "job_canceled"
 EXPIRED = "job_expired"
 
+# --- vocabulary: each defined here once -------------------------------------------------------
+# A job's state as clients see it (GET /v1/jobs), derived from its queue status and its outcome.
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+FINAL_JOB_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "canceled", "expired"})
+# What DELETE /v1/jobs/{id} did.
+CancelReason = Literal["canceled_before_start", "stopped_while_running", "finished_before_cancel", "cancel_requested"]
+# An OpenAI batch's status (the Batch API's own words; "cancelled" with two l's, as OpenAI spells it).
+BatchStatus = Literal[
+    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+]
+FINAL_BATCH_STATUSES: frozenset[BatchStatus] = frozenset({"failed", "completed", "expired", "cancelled"})
+# A batch that takes no new jobs: its waiting jobs are canceled instead of run.
+STOPPING_BATCH_STATUSES: frozenset[BatchStatus] = frozenset({"cancelling", "cancelled", "expired", "failed"})
+# Which of an OpenAI batch's counters a job that ended bumps.
+BatchCounter = Literal["completed", "failed", "canceled"]
+
 
 class JobPayload(msgspec.Struct, frozen=True, kw_only=True):
     """One request, as a worker runs it. `prompt` is raw text (kind generate), else `messages`."""
@@ -69,7 +85,7 @@ class JobPayload(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     # A job not started by this unix time is never run; it ends "expired".
     expires_at: float | None = None
-    batch_id: str | None = None
+    batch_id: str | None = None  # the OpenAI batch this job belongs to (its counters), if any
     # Publish the text as it is generated (keys.job_stream); the result still carries all of it.
     stream: bool = False
 
@@ -90,8 +106,10 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True):
     queue_seconds: float = 0.0
     generation_seconds: float = 0.0
     first_token_seconds: float | None = None
-    batch_id: str = ""
-    batch_size: int = 1
+    # The micro-batch (what one worker ran at once) this job ran in; the msgpack names stay
+    # "batch_id"/"batch_size" so workers and APIs of either version read each other's results.
+    micro_batch_id: str = msgspec.field(default="", name="batch_id")
+    micro_batch_size: int = msgspec.field(default=1, name="batch_size")
     worker: str = ""
     seed: int | None = None
 
@@ -107,6 +125,19 @@ class JobError(msgspec.Struct, frozen=True, kw_only=True):
 
     def body(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def outcome_status(outcome: JobResult | JobError) -> JobStatus:
+    """The final status an outcome means: canceled and expired are error codes of their own."""
+    if isinstance(outcome, JobResult):
+        return "succeeded"
+    return "canceled" if outcome.code == CANCELED else "expired" if outcome.code == EXPIRED else "failed"
+
+
+def batch_counter(outcome: JobResult | JobError) -> BatchCounter:
+    """Which of an OpenAI batch's counters a job that ended with `outcome` bumps."""
+    status = outcome_status(outcome)
+    return "completed" if status == "succeeded" else "canceled" if status in ("canceled", "expired") else "failed"
 
 
 def canceled_error(job_id: str, running: bool) -> JobError:

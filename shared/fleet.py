@@ -41,7 +41,8 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_at: float
     error: str | None = None
     model: ModelCard | None = None
-    # Moving average of one batch's wall time: the API's wait estimates use it.
+    # Moving average of one micro-batch's wall time: the API's wait estimates use it (the wire
+    # name predates the word "micro-batch" and stays, so old and new processes read each other).
     avg_batch_seconds: float = 0.0
 
     @property

@@ -1,11 +1,6 @@
-"""Every Redis key and queue name the service uses, in one place."""
+"""Every Redis key and queue name of the service's own, in one place (rq's keys: shared/queue/names.py)."""
 
 from __future__ import annotations
-
-from rq.job import Job
-from rq.queue import Queue
-from rq.registry import StartedJobRegistry
-from rq.results import Result
 
 PREFIX = "omega"
 
@@ -30,28 +25,6 @@ def worker_metrics(worker_id: str) -> str:
 def worker_queue(worker_id: str) -> str:
     """rq queue name of one worker process (one per GPU)."""
     return f"{PREFIX}.{worker_id}"
-
-
-def rq_queue_key(queue_name: str) -> str:
-    """rq's list key for a queue name (taken from rq so the two never drift apart)."""
-    return str(Queue.redis_queue_namespace_prefix) + queue_name
-
-
-def rq_started_key(queue_name: str) -> str:
-    return str(StartedJobRegistry.key_template.format(queue_name))
-
-
-def rq_job_key(job_id: str) -> str:
-    return str(Job.redis_job_namespace_prefix) + job_id
-
-
-def rq_results_key(job_id: str) -> str:
-    """rq's results stream for a job; the API blocks on it with XREAD."""
-    return str(Result.get_key(job_id))
-
-
-def stat_counter(name: str) -> str:
-    return f"{PREFIX}:stats:{name}"
 
 
 # --- jobs ---------------------------------------------------------------------------------
@@ -93,12 +66,9 @@ def batch_record(batch_id: str) -> str:
 
 
 def batch_items(batch_id: str) -> str:
-    """List, in input order: job ids, or `!<n>` for the n-th entry of the batch's line errors."""
+    """Hash: input line number -> the job id it became, or `!` + the JSON `LineError` of a line
+    that never became a job (written once per line with HSETNX)."""
     return f"{PREFIX}:batch:{batch_id}:items"
-
-
-def batch_line_errors(batch_id: str) -> str:
-    return f"{PREFIX}:batch:{batch_id}:line-errors"
 
 
 def batch_custom_ids(batch_id: str) -> str:

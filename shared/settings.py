@@ -7,6 +7,7 @@ at import time. Field names are the seeds' environment names in lower case.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,6 +25,28 @@ AttnImpl = Literal["flash_attention_2", "sdpa", "eager"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 BlobStoreKind = Literal["auto", "local", "s3"]
 
+
+@dataclass(frozen=True)
+class Opt:
+    """How a setting is spelled outside the code, declared once on its field (the option table,
+    the CLI flags and the README check all derive from it)."""
+
+    help: str
+    # Environment names, first one documented; a single name may be given as a str. Default: the
+    # field name in upper case (the seeds' spelling).
+    env: str | tuple[str, ...] = ()
+    # CLI flags, first one documented; None: no flag (secrets, test hooks). Default: --field-name.
+    flags: str | tuple[str, ...] | None = ()
+
+    def envs_for(self, field: str) -> tuple[str, ...]:
+        return (self.env,) if isinstance(self.env, str) else self.env or (field.upper(),)
+
+    def flags_for(self, field: str) -> tuple[str, ...]:
+        if self.flags is None:
+            return ()
+        return (self.flags,) if isinstance(self.flags, str) else self.flags or ("--" + field.replace("_", "-"),)
+
+
 _SECRET_FIELDS = frozenset({"api_key", "hf_token", "s3_secret_access_key"})
 
 
@@ -31,111 +54,163 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every tunable of the service. Defaults are documented in README's configuration reference."""
 
     # --- model -------------------------------------------------------------------------------
-    model_path: str | None = None
-    model_name: str = "model"
+    model_path: Annotated[
+        str | None,
+        Opt(
+            "Local model folder or Hugging Face repo id (org/name); unset = the generated demo model",
+            env=("MODEL_PATH", "MODEL_ID"),
+            flags=("--model-path", "--model-id"),
+        ),
+    ] = None
+    model_name: Annotated[str, Opt("Display model name; requests must use it")] = "model"
     # Extra names the model contract accepts besides MODEL_NAME (vLLM's multi served-model-name).
     # "omega" is accepted by default because the usage guide's examples send it.
-    model_aliases: tuple[str, ...] = ("omega",)
-    model_revision: str | None = None
-    trust_remote_code: bool = True
-    hf_token: str | None = None
-    cache_dir: str | None = None
-    transformers_path: str | None = None
+    model_aliases: Annotated[tuple[str, ...], Opt("Comma-separated extra names the model contract accepts")] = (
+        "omega",
+    )
+    model_revision: Annotated[str | None, Opt("Hub branch/tag/commit to pin")] = None
+    trust_remote_code: Annotated[bool, Opt("Allow custom model code")] = True
+    hf_token: Annotated[
+        str | None, Opt("Token for private or gated hub models", env=("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), flags=None)
+    ] = None
+    cache_dir: Annotated[str | None, Opt("Hugging Face hub cache folder (sets HF_HUB_CACHE)")] = None
+    transformers_path: Annotated[
+        str | None,
+        Opt(
+            "pip-install this transformers (path, URL or wheel) before a worker starts", env="TRANSFORMERS_INSTALL_PATH"
+        ),
+    ] = None
 
     # --- compute / kernels -------------------------------------------------------------------
-    dtype: Dtype = "auto"
-    attn_impl: AttnImpl = "flash_attention_2"
-    attn_strict: bool = False
+    dtype: Annotated[Dtype, Opt("auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)")] = "auto"
+    attn_impl: Annotated[AttnImpl, Opt("flash_attention_2 | sdpa | eager")] = "flash_attention_2"
+    attn_strict: Annotated[bool, Opt("Fail start-up instead of falling back")] = False
     # Static KV cache + torch.compile (CUDA graphs) for decoding. auto: on for GPU workers, with
     # a fallback to the eager path if it fails at warm-up.
-    torch_compile: Literal["auto", "on", "off"] = "auto"
+    torch_compile: Annotated[
+        Literal["auto", "on", "off"],
+        Opt("auto | on | off: static KV cache + torch.compile for decoding (auto: on for GPU)"),
+    ] = "auto"
 
     # --- batching / limits / backpressure ----------------------------------------------------
-    max_batch_size: Annotated[int, Meta(ge=1, le=1024)] = 8
-    batch_timeout_ms: Annotated[float, Meta(ge=0, le=10_000)] = 0.0
-    max_queue_size: PositiveInt = 256
-    max_input_tokens: PositiveInt = 16384
-    max_model_length: Annotated[int, Meta(ge=2)] = 8192
-    max_new_tokens_default: PositiveInt = 512
+    max_batch_size: Annotated[Annotated[int, Meta(ge=1, le=1024)], Opt("Requests per micro-batch")] = 8
+    batch_timeout_ms: Annotated[Annotated[float, Meta(ge=0, le=10_000)], Opt("Micro-batch collection window")] = 0.0
+    max_queue_size: Annotated[PositiveInt, Opt("Waiting jobs per worker before 503")] = 256
+    max_input_tokens: Annotated[
+        PositiveInt,
+        Opt(
+            "Prompt tokens kept (left-truncated)",
+            env=("MAX_INPUT_TOKENS", "MAX_CONTEXT_TOKENS"),
+            flags=("--max-input-tokens", "--max-context-tokens"),
+        ),
+    ] = 16384
+    max_model_length: Annotated[Annotated[int, Meta(ge=2)], Opt("Prompt + new tokens per row")] = 8192
+    max_new_tokens_default: Annotated[
+        PositiveInt, Opt("Default and cap for max_tokens", flags="--default-max-tokens")
+    ] = 512
     # Per generate call: rows x (prompt + new tokens), the KV cache's size; and decoded image
     # pixels. A pulled batch over either is split. 0 = no limit.
-    max_batch_tokens: NonNegInt = 0
-    max_batch_pixels: NonNegInt = 0
-    request_timeout_s: PositiveFloat = 300.0
+    max_batch_tokens: Annotated[
+        NonNegInt, Opt("Per generate call: rows x (prompt + new tokens) at most (0 = no limit)")
+    ] = 0
+    max_batch_pixels: Annotated[NonNegInt, Opt("Per generate call: image pixels at most (0 = no limit)")] = 0
+    request_timeout_s: Annotated[PositiveFloat, Opt("Synchronous wait before 504")] = 300.0
 
     # --- generation defaults -----------------------------------------------------------------
-    do_sample_default: bool = True
-    temperature_default: Annotated[float, Meta(ge=0, le=2)] = 0.8
-    top_p_default: Annotated[float, Meta(ge=0, le=1)] = 0.9
-    top_k_default: Annotated[int, Meta(ge=0)] = 50
-    repetition_penalty_default: Annotated[float, Meta(gt=0, le=2)] = 1.0
-    seed_default: NonNegInt = 42
+    do_sample_default: Annotated[bool, Opt("Sample by default (else greedy)", flags="--default-sampling")] = True
+    temperature_default: Annotated[
+        Annotated[float, Meta(ge=0, le=2)], Opt("Default temperature", flags="--default-temperature")
+    ] = 0.8
+    top_p_default: Annotated[Annotated[float, Meta(ge=0, le=1)], Opt("Default nucleus p", flags="--default-top-p")] = (
+        0.9
+    )
+    top_k_default: Annotated[Annotated[int, Meta(ge=0)], Opt("Default top-k (0 = off)", flags="--default-top-k")] = 50
+    repetition_penalty_default: Annotated[
+        Annotated[float, Meta(gt=0, le=2)], Opt("Default repetition penalty", flags="--default-repetition-penalty")
+    ] = 1.0
+    seed_default: Annotated[NonNegInt, Opt("Default sampling seed", flags="--default-seed")] = 42
 
     # --- devices -----------------------------------------------------------------------------
-    gpu_count: NonNegInt | None = None
-    gpu_ids: tuple[NonNegInt, ...] | None = None
-    cpu_workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    gpu_count: Annotated[NonNegInt | None, Opt("Use the first N visible GPUs")] = None
+    gpu_ids: Annotated[tuple[NonNegInt, ...] | None, Opt("Comma-separated CUDA indices (overrides GPU_COUNT)")] = None
+    cpu_workers: Annotated[Annotated[int, Meta(ge=1, le=64)], Opt("Worker processes when no GPU is visible")] = 1
 
     # --- server / logging --------------------------------------------------------------------
-    host: str = "0.0.0.0"
-    port: Port = 8000
+    host: Annotated[str, Opt("Bind address")] = "0.0.0.0"
+    port: Annotated[Port, Opt("HTTP port")] = 8000
     # Unset: info, or debug when DEBUG is on (the seeds: DEBUG bumps the level unless it was set).
-    log_level: LogLevel | None = None
-    progress_logs: bool = False
-    fast_usage: bool = True
-    redact_source: bool = True
-    debug: bool = False
-    uvicorn_workers: Annotated[int, Meta(ge=1, le=64)] = 1
-    api_key: str | None = None
-    max_request_bytes: PositiveInt = 32 * 1024 * 1024
+    log_level: Annotated[LogLevel | None, Opt("critical | error | warning | info | debug | trace")] = None
+    progress_logs: Annotated[bool, Opt("Start-up heartbeat and per-request lines", flags="--progress")] = False
+    fast_usage: Annotated[bool, Opt("Usage from the worker's token ids")] = True
+    redact_source: Annotated[bool, Opt("Hide model path in logs and /health")] = True
+    debug: Annotated[bool, Opt("Debug logging with tracebacks")] = False
+    uvicorn_workers: Annotated[Annotated[int, Meta(ge=1, le=64)], Opt("API processes (the API holds no model)")] = 1
+    api_key: Annotated[str | None, Opt("Bearer key for /v1/*, /generate and the docs")] = None
+    max_request_bytes: Annotated[PositiveInt, Opt("Largest request body (413)")] = 32 * 1024 * 1024
 
     # --- images ------------------------------------------------------------------------------
-    max_image_size: Annotated[int, Meta(ge=16, le=16384)] = 1024
-    max_images_per_request: NonNegInt = 10
-    image_cache_size: NonNegInt = 256
-    allow_remote_images: bool = True
-    max_image_pixels: PositiveInt = 40_000_000
-    max_image_bytes: PositiveInt = 20 * 1024 * 1024
-    image_fetch_timeout_s: PositiveFloat = 10.0
-    image_fetch_max_redirects: NonNegInt = 5
+    max_image_size: Annotated[Annotated[int, Meta(ge=16, le=16384)], Opt("Longest image side after resize")] = 1024
+    max_images_per_request: Annotated[NonNegInt, Opt("Images per request")] = 10
+    image_cache_size: Annotated[NonNegInt, Opt("Decoded images a worker keeps")] = 256
+    allow_remote_images: Annotated[bool, Opt("Fetch http(s) image URLs")] = True
+    max_image_pixels: Annotated[PositiveInt, Opt("Pixel cap (width x height)")] = 40_000_000
+    max_image_bytes: Annotated[PositiveInt, Opt("Encoded bytes per image")] = 20 * 1024 * 1024
+    image_fetch_timeout_s: Annotated[PositiveFloat, Opt("Total deadline per remote image")] = 10.0
+    image_fetch_max_redirects: Annotated[NonNegInt, Opt("Redirects followed per remote image")] = 5
     # CIDRs that remote image URLs may resolve into although not global. Empty by default; the
     # test suite uses it to serve images from a loopback address.
-    image_fetch_allow_networks: tuple[str, ...] = ()
+    image_fetch_allow_networks: Annotated[
+        tuple[str, ...], Opt("Comma-separated non-global CIDRs remote images may come from (tests only)")
+    ] = ()
 
     # --- storage and queues ------------------------------------------------------------------
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    data_dir: str = ".omega"
-    blob_store: BlobStoreKind = "auto"
-    blob_dir: str | None = None
-    s3_bucket: str | None = None
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_prefix: str = "blobs/"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
-    result_ttl_s: PositiveInt = 3600
+    redis_url: Annotated[str, Opt("Redis for queues and results")] = "redis://127.0.0.1:6379/0"
+    data_dir: Annotated[str, Opt("Demo model, local blobs and private Redis data")] = ".omega"
+    blob_store: Annotated[BlobStoreKind, Opt("auto | local | s3 (auto: s3 when S3_BUCKET is set)")] = "auto"
+    blob_dir: Annotated[str | None, Opt("Local blob folder (default DATA_DIR/blobs)")] = None
+    s3_bucket: Annotated[str | None, Opt("S3 bucket for image blobs")] = None
+    s3_endpoint_url: Annotated[str | None, Opt("S3-compatible endpoint (MinIO, Ceph)")] = None
+    s3_region: Annotated[str | None, Opt("S3 region", env=("S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"))] = None
+    s3_prefix: Annotated[str, Opt("Key prefix inside the bucket")] = "blobs/"
+    s3_access_key_id: Annotated[
+        str | None, Opt("S3 access key", env=("S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"), flags=None)
+    ] = None
+    s3_secret_access_key: Annotated[
+        str | None, Opt("S3 secret key", env=("S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"), flags=None)
+    ] = None
+    result_ttl_s: Annotated[PositiveInt, Opt("Seconds synchronous results are kept in Redis")] = 3600
     # Submit-and-poll jobs and batch items: how long results stay retrievable (then 404).
-    job_result_ttl_s: PositiveInt = 86400
-    job_wait_max_s: Annotated[float, Meta(ge=0, le=3600)] = 60.0
-    cancel_wait_s: Annotated[float, Meta(ge=0, le=600)] = 5.0
+    job_result_ttl_s: Annotated[PositiveInt, Opt("Seconds /v1/jobs and batch results stay retrievable")] = 86400
+    job_wait_max_s: Annotated[Annotated[float, Meta(ge=0, le=3600)], Opt("Cap of GET /v1/jobs/{id}?wait=N")] = 60.0
+    cancel_wait_s: Annotated[
+        Annotated[float, Meta(ge=0, le=600)], Opt("How long DELETE waits to see a running job stop")
+    ] = 5.0
     # Batch-priority jobs waiting on one worker queue at most: interactive requests never wait
     # behind more than this much batch work. 0 = twice the worker's batch capacity.
-    batch_queue_depth: NonNegInt = 0
-    max_file_bytes: PositiveInt = 200 * 1024 * 1024
-    max_batch_lines: PositiveInt = 50_000
+    batch_queue_depth: Annotated[NonNegInt, Opt("Batch-priority jobs waiting per worker queue at most")] = 0
+    max_file_bytes: Annotated[PositiveInt, Opt("Largest uploaded batch file (413)")] = 200 * 1024 * 1024
+    max_batch_lines: Annotated[PositiveInt, Opt("Most requests in one batch file")] = 50_000
     # Batch lines turned into queued jobs ahead of the ones finishing (bounds memory and Redis).
-    batch_expand_ahead: PositiveInt = 256
+    batch_expand_ahead: Annotated[PositiveInt, Opt("Batch lines queued ahead of completions")] = 256
     # Fault tolerance: how often the janitor sweeps, and how many runs that killed their worker a
     # job gets before it fails as a poison request.
-    janitor_interval_s: Annotated[float, Meta(gt=0, le=600)] = 1.0
+    janitor_interval_s: Annotated[
+        Annotated[float, Meta(gt=0, le=600)], Opt("How often dead workers' jobs are looked for")
+    ] = 1.0
     # How long `up`/`worker` give a worker to finish its batch after SIGTERM before killing it
     # (keep it under Kubernetes' terminationGracePeriodSeconds).
-    worker_stop_grace_s: Annotated[float, Meta(gt=0, le=3600)] = 150.0
-    max_job_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
+    worker_stop_grace_s: Annotated[
+        Annotated[float, Meta(gt=0, le=3600)], Opt("Seconds a stopping worker gets to finish its batch")
+    ] = 150.0
+    max_job_attempts: Annotated[
+        Annotated[int, Meta(ge=1, le=100)], Opt("Runs that killed their worker before a job fails as poison")
+    ] = 3
     # Testing only: a worker SIGKILLs itself on a job whose text contains this marker (empty = off).
-    fault_kill_marker: str = ""
-    worker_heartbeat_s: PositiveFloat = 2.0
-    worker_ttl_s: PositiveFloat = 10.0
+    fault_kill_marker: Annotated[str, Opt("Testing only: crash a worker on a job containing this text", flags=None)] = (
+        ""
+    )
+    worker_heartbeat_s: Annotated[PositiveFloat, Opt("Worker heartbeat period")] = 2.0
+    worker_ttl_s: Annotated[PositiveFloat, Opt("Heartbeat age after which a worker is dead")] = 10.0
 
     def __repr__(self) -> str:
         parts = []

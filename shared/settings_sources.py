@@ -1,7 +1,8 @@
 """Where settings come from: built-in defaults < environment variables < CLI flags.
 
-The option table below is the single list of every environment variable and flag, with the
-seeds' spelling. `load_settings` validates the merged values once and raises `SettingsError`
+The option table (`OPTIONS`) lists every environment variable and flag, with the seeds'
+spelling; it is derived from the `Opt` each field of `Settings` declares, so a setting is named
+and described in one place. `load_settings` validates the merged values once and raises `SettingsError`
 naming the offending setting, so a bad value stops start-up with a clear message.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import msgspec
 
-from shared.settings import Settings
+from shared.settings import Opt, Settings
 
 # Set by `omega-vlm up` for the processes it starts, so that every child runs on exactly the
 # settings the parent validated (CLI flags included).
@@ -38,165 +39,19 @@ class Option:
     help: str
 
 
-def _o(field: str, envs: str | tuple[str, ...], flags: str | tuple[str, ...], help: str) -> Option:
-    envs_t = (envs,) if isinstance(envs, str) else envs
-    flags_t = (flags,) if isinstance(flags, str) else flags
-    return Option(field, envs_t, flags_t, help)
+def _options() -> tuple[Option, ...]:
+    """The option table, in field order, from each field's `Opt` (shared/settings.py)."""
+    hints = get_type_hints(Settings, include_extras=True)
+    options = []
+    for field in Settings.__struct_fields__:
+        opt = next((m for m in getattr(hints[field], "__metadata__", ()) if isinstance(m, Opt)), None)
+        if opt is None:
+            raise TypeError(f"Settings.{field} declares no Opt (environment name, flag, help)")
+        options.append(Option(field, opt.envs_for(field), opt.flags_for(field), opt.help))
+    return tuple(options)
 
 
-OPTIONS: tuple[Option, ...] = (
-    # model
-    _o(
-        "model_path",
-        ("MODEL_PATH", "MODEL_ID"),
-        ("--model-path", "--model-id"),
-        "Local model folder or Hugging Face repo id (org/name); unset = the generated demo model",
-    ),
-    _o("model_name", "MODEL_NAME", "--model-name", "Display model name; requests must use it"),
-    _o("model_aliases", "MODEL_ALIASES", "--model-aliases", "Comma-separated extra names the model contract accepts"),
-    _o("model_revision", "MODEL_REVISION", "--model-revision", "Hub branch/tag/commit to pin"),
-    _o("trust_remote_code", "TRUST_REMOTE_CODE", "--trust-remote-code", "Allow custom model code"),
-    _o("hf_token", ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), (), "Token for private or gated hub models"),
-    _o("cache_dir", "CACHE_DIR", "--cache-dir", "Hugging Face hub cache folder (sets HF_HUB_CACHE)"),
-    _o(
-        "transformers_path",
-        "TRANSFORMERS_INSTALL_PATH",
-        "--transformers-path",
-        "pip-install this transformers (path, URL or wheel) before a worker starts",
-    ),
-    # compute
-    _o("dtype", "DTYPE", "--dtype", "auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)"),
-    _o("attn_impl", "ATTN_IMPL", "--attn-impl", "flash_attention_2 | sdpa | eager"),
-    _o("attn_strict", "ATTN_STRICT", "--attn-strict", "Fail start-up instead of falling back"),
-    _o(
-        "torch_compile",
-        "TORCH_COMPILE",
-        "--torch-compile",
-        "auto | on | off: static KV cache + torch.compile for decoding (auto: on for GPU)",
-    ),
-    # batching and limits
-    _o("max_batch_size", "MAX_BATCH_SIZE", "--max-batch-size", "Requests per micro-batch"),
-    _o("batch_timeout_ms", "BATCH_TIMEOUT_MS", "--batch-timeout-ms", "Micro-batch collection window"),
-    _o("max_queue_size", "MAX_QUEUE_SIZE", "--max-queue-size", "Waiting jobs per worker before 503"),
-    _o(
-        "max_input_tokens",
-        ("MAX_INPUT_TOKENS", "MAX_CONTEXT_TOKENS"),
-        ("--max-input-tokens", "--max-context-tokens"),
-        "Prompt tokens kept (left-truncated)",
-    ),
-    _o("max_model_length", "MAX_MODEL_LENGTH", "--max-model-length", "Prompt + new tokens per row"),
-    _o("max_new_tokens_default", "MAX_NEW_TOKENS_DEFAULT", "--default-max-tokens", "Default and cap for max_tokens"),
-    _o(
-        "max_batch_tokens",
-        "MAX_BATCH_TOKENS",
-        "--max-batch-tokens",
-        "Per generate call: rows x (prompt + new tokens) at most (0 = no limit)",
-    ),
-    _o(
-        "max_batch_pixels",
-        "MAX_BATCH_PIXELS",
-        "--max-batch-pixels",
-        "Per generate call: image pixels at most (0 = no limit)",
-    ),
-    _o("request_timeout_s", "REQUEST_TIMEOUT_S", "--request-timeout-s", "Synchronous wait before 504"),
-    # generation defaults
-    _o("do_sample_default", "DO_SAMPLE_DEFAULT", "--default-sampling", "Sample by default (else greedy)"),
-    _o("temperature_default", "TEMPERATURE_DEFAULT", "--default-temperature", "Default temperature"),
-    _o("top_p_default", "TOP_P_DEFAULT", "--default-top-p", "Default nucleus p"),
-    _o("top_k_default", "TOP_K_DEFAULT", "--default-top-k", "Default top-k (0 = off)"),
-    _o(
-        "repetition_penalty_default",
-        "REPETITION_PENALTY_DEFAULT",
-        "--default-repetition-penalty",
-        "Default repetition penalty",
-    ),
-    _o("seed_default", "SEED_DEFAULT", "--default-seed", "Default sampling seed"),
-    # devices
-    _o("gpu_count", "GPU_COUNT", "--gpu-count", "Use the first N visible GPUs"),
-    _o("gpu_ids", "GPU_IDS", "--gpu-ids", "Comma-separated CUDA indices (overrides GPU_COUNT)"),
-    _o("cpu_workers", "CPU_WORKERS", "--cpu-workers", "Worker processes when no GPU is visible"),
-    # server
-    _o("host", "HOST", "--host", "Bind address"),
-    _o("port", "PORT", "--port", "HTTP port"),
-    _o("log_level", "LOG_LEVEL", "--log-level", "critical | error | warning | info | debug | trace"),
-    _o("progress_logs", "PROGRESS_LOGS", "--progress", "Start-up heartbeat and per-request lines"),
-    _o("fast_usage", "FAST_USAGE", "--fast-usage", "Usage from the worker's token ids"),
-    _o("redact_source", "REDACT_SOURCE", "--redact-source", "Hide model path in logs and /health"),
-    _o("debug", "DEBUG", "--debug", "Debug logging with tracebacks"),
-    _o("uvicorn_workers", "UVICORN_WORKERS", "--uvicorn-workers", "API processes (the API holds no model)"),
-    _o("api_key", "API_KEY", "--api-key", "Bearer key for /v1/*, /generate and the docs"),
-    _o("max_request_bytes", "MAX_REQUEST_BYTES", "--max-request-bytes", "Largest request body (413)"),
-    # images
-    _o("max_image_size", "MAX_IMAGE_SIZE", "--max-image-size", "Longest image side after resize"),
-    _o("max_images_per_request", "MAX_IMAGES_PER_REQUEST", "--max-images-per-request", "Images per request"),
-    _o("image_cache_size", "IMAGE_CACHE_SIZE", "--image-cache-size", "Decoded images a worker keeps"),
-    _o("allow_remote_images", "ALLOW_REMOTE_IMAGES", "--allow-remote-images", "Fetch http(s) image URLs"),
-    _o("max_image_pixels", "MAX_IMAGE_PIXELS", "--max-image-pixels", "Pixel cap (width x height)"),
-    _o("max_image_bytes", "MAX_IMAGE_BYTES", "--max-image-bytes", "Encoded bytes per image"),
-    _o("image_fetch_timeout_s", "IMAGE_FETCH_TIMEOUT_S", "--image-fetch-timeout-s", "Total deadline per remote image"),
-    _o(
-        "image_fetch_max_redirects",
-        "IMAGE_FETCH_MAX_REDIRECTS",
-        "--image-fetch-max-redirects",
-        "Redirects followed per remote image",
-    ),
-    _o(
-        "image_fetch_allow_networks",
-        "IMAGE_FETCH_ALLOW_NETWORKS",
-        "--image-fetch-allow-networks",
-        "Comma-separated non-global CIDRs remote images may come from (tests only)",
-    ),
-    # storage and queues
-    _o("redis_url", "REDIS_URL", "--redis-url", "Redis for queues and results"),
-    _o("data_dir", "DATA_DIR", "--data-dir", "Demo model, local blobs and private Redis data"),
-    _o("blob_store", "BLOB_STORE", "--blob-store", "auto | local | s3 (auto: s3 when S3_BUCKET is set)"),
-    _o("blob_dir", "BLOB_DIR", "--blob-dir", "Local blob folder (default DATA_DIR/blobs)"),
-    _o("s3_bucket", "S3_BUCKET", "--s3-bucket", "S3 bucket for image blobs"),
-    _o("s3_endpoint_url", "S3_ENDPOINT_URL", "--s3-endpoint-url", "S3-compatible endpoint (MinIO, Ceph)"),
-    _o("s3_region", ("S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"), "--s3-region", "S3 region"),
-    _o("s3_prefix", "S3_PREFIX", "--s3-prefix", "Key prefix inside the bucket"),
-    _o("s3_access_key_id", ("S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"), (), "S3 access key"),
-    _o("s3_secret_access_key", ("S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"), (), "S3 secret key"),
-    _o("result_ttl_s", "RESULT_TTL_S", "--result-ttl-s", "Seconds synchronous results are kept in Redis"),
-    _o(
-        "job_result_ttl_s",
-        "JOB_RESULT_TTL_S",
-        "--job-result-ttl-s",
-        "Seconds /v1/jobs and batch results stay retrievable",
-    ),
-    _o("job_wait_max_s", "JOB_WAIT_MAX_S", "--job-wait-max-s", "Cap of GET /v1/jobs/{id}?wait=N"),
-    _o("cancel_wait_s", "CANCEL_WAIT_S", "--cancel-wait-s", "How long DELETE waits to see a running job stop"),
-    _o(
-        "batch_queue_depth",
-        "BATCH_QUEUE_DEPTH",
-        "--batch-queue-depth",
-        "Batch-priority jobs waiting per worker queue at most",
-    ),
-    _o("max_file_bytes", "MAX_FILE_BYTES", "--max-file-bytes", "Largest uploaded batch file (413)"),
-    _o("max_batch_lines", "MAX_BATCH_LINES", "--max-batch-lines", "Most requests in one batch file"),
-    _o(
-        "janitor_interval_s",
-        "JANITOR_INTERVAL_S",
-        "--janitor-interval-s",
-        "How often dead workers' jobs are looked for",
-    ),
-    _o(
-        "worker_stop_grace_s",
-        "WORKER_STOP_GRACE_S",
-        "--worker-stop-grace-s",
-        "Seconds a stopping worker gets to finish its batch",
-    ),
-    _o(
-        "max_job_attempts",
-        "MAX_JOB_ATTEMPTS",
-        "--max-job-attempts",
-        "Runs that killed their worker before a job fails as poison",
-    ),
-    _o("fault_kill_marker", "FAULT_KILL_MARKER", (), "Testing only: crash a worker on a job containing this text"),
-    _o("batch_expand_ahead", "BATCH_EXPAND_AHEAD", "--batch-expand-ahead", "Batch lines queued ahead of completions"),
-    _o("worker_heartbeat_s", "WORKER_HEARTBEAT_S", "--worker-heartbeat-s", "Worker heartbeat period"),
-    _o("worker_ttl_s", "WORKER_TTL_S", "--worker-ttl-s", "Heartbeat age after which a worker is dead"),
-)
+OPTIONS: tuple[Option, ...] = _options()
 
 _BY_FIELD = {o.field: o for o in OPTIONS}
 
@@ -211,7 +66,8 @@ def describe(field: str) -> str:
 
 
 def _hints() -> dict[str, Any]:
-    return get_type_hints(Settings, include_extras=True)
+    """Each field's type without its Annotated metadata (constraints and `Opt`)."""
+    return get_type_hints(Settings)
 
 
 def _is_bool(tp: Any) -> bool:

@@ -1,11 +1,12 @@
 """Watching for cancellations of the rows a worker is generating.
 
 The API records a cancel request (DELETE /v1/jobs/{id}, or a streaming client that went away)
-in one sorted set. While a batch runs, one long-lived thread asks Redis about exactly that
-batch's jobs every 50 ms: a single ZMSCORE, one small round trip per period. A canceled row then
-stops within about one period instead of one fleet heartbeat (half a second or more, by which
-time a short generation has often finished anyway). Between batches the thread sleeps, so an idle
-worker sends nothing and a short batch costs nothing but two lock operations.
+in one sorted set. While a micro-batch runs, one long-lived thread asks Redis about exactly
+that micro-batch's jobs every 50 ms: a single ZMSCORE, one small round trip per period. A
+canceled row then stops within about one period instead of one fleet heartbeat (half a second
+or more, by which time a short generation has often finished anyway). Between micro-batches the
+thread sleeps, so an idle worker sends nothing and a short micro-batch costs nothing but two
+lock operations.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class CancelWatch:
                 self._cond.wait_for(lambda: bool(self._ids))
                 batch = self._batch
                 if self._cond.wait_for(lambda b=batch: self._batch != b, timeout=self.period_s):  # type: ignore[misc]
-                    continue  # the batch ended or changed within the period: start over
+                    continue  # the micro-batch ended or changed within the period: start over
                 ids = list(self._ids)
             canceled = self._requested(ids)
             if not canceled:

@@ -49,8 +49,8 @@ class FleetMember:
             self.info = msgspec.structs.replace(self.info, **changes)
         self.beat()
 
-    def record_batch(self, seconds: float) -> None:
-        """Fold one batch's wall time into the moving average the API's wait estimates use."""
+    def record_micro_batch(self, seconds: float) -> None:
+        """Fold one micro-batch's wall time into the moving average the API's wait estimates use."""
         with self._lock:
             old = self.info.avg_batch_seconds
             avg = seconds if old == 0 else 0.8 * old + 0.2 * seconds

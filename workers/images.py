@@ -102,5 +102,3 @@ class ImageLoader:
         futures = [self._future(d) for d in unique]
         return {d: f.result() for d, f in zip(unique, futures, strict=True)}
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)

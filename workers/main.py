@@ -16,6 +16,7 @@ from shared import keys
 from shared.blobstore import create_blob_store
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
+from shared.queue.worker import MicroBatchWorker
 from shared.settings import Settings
 from workers import metrics
 from workers.demo_model import ensure_demo_model
@@ -23,9 +24,9 @@ from workers.engine import Engine
 from workers.fleet_member import FleetMember
 from workers.images import ImageLoader
 from workers.loader import load_model
+from workers.micro_batches import model_worker
 from workers.model_source import ModelLoadError
-from workers.rq_worker import BatchWorker
-from workers.runner import BatchRunner
+from workers.runner import MicroBatchRunner
 from workers.streaming import DeltaPublisher
 
 log = logging.getLogger("omega.worker")
@@ -103,8 +104,8 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     progress(f"{tag} Ready.")
     if loaded.card.demo:
         log.warning("serving the generated DEMO model: random weights, its output is meaningless")
-    runner = BatchRunner(engine, ImageLoader(create_blob_store(settings), settings), worker_id)
-    worker = BatchWorker(
+    runner = MicroBatchRunner(engine, ImageLoader(create_blob_store(settings), settings), worker_id)
+    worker = model_worker(
         [queue_name],
         connection=redis,
         name=info.rq_name,
@@ -114,11 +115,11 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         default_result_ttl=settings.result_ttl_s,
         worker_ttl=max(30, int(settings.worker_ttl_s * 3)),
         job_monitoring_interval=max(5, int(settings.worker_heartbeat_s * 2)),
-        on_batch=lambda _size, seconds: member.record_batch(seconds),
+        on_micro_batch=lambda _size, seconds: member.record_micro_batch(seconds),
     )
     member.on_beat = worker.maintain_running_heartbeats
     # SIGUSR1 (Kubernetes' preStop): drain. The API stops routing here and the janitor moves the
-    # waiting jobs to other workers; the batch in hand finishes; SIGTERM then stops the process.
+    # waiting jobs to other workers; the micro-batch in hand finishes; SIGTERM then stops the process.
     signal.signal(signal.SIGUSR1, lambda *_: member.update(state="stopping"))
     member.metrics = lambda: publish_metrics(device)
     member.update(state="ready", model=loaded.card)
@@ -144,12 +145,12 @@ def publish_metrics(device: torch.device) -> bytes:
     return metrics.snapshot()
 
 
-def serve(worker: BatchWorker, settings: Settings) -> None:
+def serve(worker: MicroBatchWorker, settings: Settings) -> None:
     """rq's work loop, started again whenever it ends for any reason but a stop request
     (rq leaves its loop on Redis errors): the worker outlives a Redis outage."""
     while not worker.shutdown_requested:
         try:
-            worker.connection.delete(worker.key)  # a crashed predecessor's record blocks rq's start
+            worker.restart_record()
             worker.recover_intermediate()
             worker.work(logging_level="DEBUG" if settings.debug else "WARNING")
         except (RedisError, OSError, ValueError) as exc:

@@ -1,13 +1,13 @@
-"""Preparing the rows of the jobs waiting next while the current batch generates.
+"""Preparing the rows of the jobs waiting next while the current micro-batch generates.
 
 A row's preparation (images fetched and decoded, prompt rendered, tokenised, pixels resized and
 normalised by the processor) does not depend on its batch-mates, so it can be done for the jobs
-waiting on the queue while the current batch is on the device. The batch that takes those jobs
+waiting on the queue while the current micro-batch is on the device. The micro-batch that takes those jobs
 then finds their rows ready. Preparation here uses a processor and tokenizer of its own (the
 model's are in use by the decoding loop) and runs one call at a time.
 
 A row prepared here is used at most once and only for the very payload it was made from; a job
-whose preparation fails here is simply prepared again with its batch, which reports the error.
+whose preparation fails here is simply prepared again with its micro-batch, which reports the error.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class ReadAhead:
         self._lock = threading.Lock()  # the store
         self._busy = threading.Lock()  # one preparation at a time: the tools are not shareable
         self._tools: Tools | None = None
-        self.hits = 0  # rows a batch found ready (tests, metrics)
+        self.hits = 0  # rows a micro-batch found ready (tests, metrics)
 
     def prepare(self, payloads: Sequence[JobPayload]) -> None:
         todo = [p for p in payloads if not self._has(p.id)][: self.capacity]
@@ -48,10 +48,10 @@ class ReadAhead:
             for payload in todo:
                 images = [i for i in (loaded[d] for d in payload.image_blobs) if isinstance(i, Image.Image)]
                 if len(images) != len(payload.image_blobs):
-                    continue  # a missing or bad image: its batch reports it
+                    continue  # a missing or bad image: its micro-batch reports it
                 try:
                     row = self.engine.prepare(payload, images, self._tools)
-                except Exception:  # an invalid job: its batch reports it
+                except Exception:  # an invalid job: its micro-batch reports it
                     log.debug("read-ahead could not prepare job %s", payload.id, exc_info=True)
                     continue
                 self._put(payload.id, row)

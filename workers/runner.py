@@ -1,7 +1,7 @@
 """Run one micro-batch of jobs: images, prepare, generate, and one outcome per job.
 
 Pure with respect to the queue: it takes payloads and returns `JobResult | JobError` in order,
-so the rq bookkeeping (`workers.rq_worker`) stays separate. A job that cannot be prepared fails
+so the queue bookkeeping (`shared.queue.worker`) stays separate. A job that cannot be prepared fails
 alone; if a batched `generate` raises (e.g. out of memory), its rows are retried one by one so
 only the row that really fails is failed.
 """
@@ -33,7 +33,7 @@ log = logging.getLogger("omega.worker.runner")
 
 
 @dataclass(frozen=True)
-class BatchItem:
+class MicroBatchItem:
     payload: JobPayload
     enqueued_at: float  # unix time the job entered its queue
 
@@ -52,7 +52,7 @@ def job_error(exc: Exception, job_id: str) -> JobError:
     )
 
 
-class BatchRunner:
+class MicroBatchRunner:
     def __init__(self, engine: Engine, images: ImageLoader, worker_name: str) -> None:
         self.engine = engine
         self.images = images
@@ -62,7 +62,7 @@ class BatchRunner:
         self._active: dict[str, RowPlan] = {}
         self.read_ahead = ReadAhead(engine, images, capacity=2 * engine.settings.max_batch_size)
 
-    def _prepare(self, items: Sequence[BatchItem]) -> tuple[list[PreparedRow | None], dict[int, Outcome]]:
+    def _prepare(self, items: Sequence[MicroBatchItem]) -> tuple[list[PreparedRow | None], dict[int, Outcome]]:
         ahead = [self.read_ahead.take(item.payload) for item in items]
         loaded = self.images.load_many(
             d for item, row in zip(items, ahead, strict=True) if row is None for d in item.payload.image_blobs
@@ -92,7 +92,7 @@ class BatchRunner:
         except Exception as exc:
             if len(rows) == 1:
                 return [job_error(exc, rows[0].job.id)]
-            log.warning("batch of %d failed (%s); retrying rows one by one", len(rows), exc)
+            log.warning("generate call of %d rows failed (%s); retrying rows one by one", len(rows), exc)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return [out for row in rows for out in self._generate([row])]
@@ -111,7 +111,7 @@ class BatchRunner:
         with self._lock:
             return job_id in self._canceled
 
-    def _screen(self, items: Sequence[BatchItem]) -> dict[int, Outcome]:
+    def _screen(self, items: Sequence[MicroBatchItem]) -> dict[int, Outcome]:
         """Outcomes of jobs that must not run: past their deadline, or canceled already."""
         now = time.time()
         out: dict[int, Outcome] = {}
@@ -123,7 +123,7 @@ class BatchRunner:
                 out[index] = canceled_error(job.id, running=False)
         return out
 
-    def _crash_if_asked(self, items: Sequence[BatchItem]) -> None:
+    def _crash_if_asked(self, items: Sequence[MicroBatchItem]) -> None:
         """Testing only (FAULT_KILL_MARKER): die the way a poison request kills a worker."""
         marker = self.engine.settings.fault_kill_marker
         texts = (p.text for i in items for m in i.payload.messages for p in m.content if isinstance(p, TextPart))
@@ -131,7 +131,7 @@ class BatchRunner:
             log.error("FAULT_KILL_MARKER found in a job: killing this worker (fault-injection test)")
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def run(self, items: Sequence[BatchItem]) -> list[Outcome]:
+    def run(self, items: Sequence[MicroBatchItem]) -> list[Outcome]:
         started = time.time()
         self._crash_if_asked(items)
         outcomes = self._screen(items)
@@ -143,7 +143,7 @@ class BatchRunner:
             for _, row in ready:
                 self._active[row.job.id] = row.plan
                 row.plan.cancel_requested = row.job.id in self._canceled
-        batch_id = uuid.uuid4().hex[:12]
+        micro_batch_id = uuid.uuid4().hex[:12]
         t0 = time.perf_counter()
         try:
             outputs = self._generate([row for _, row in ready]) if ready else []
@@ -178,8 +178,8 @@ class BatchRunner:
                     queue_seconds=max(0.0, started - items[index].enqueued_at),
                     generation_seconds=elapsed,
                     first_token_seconds=output.first_token_seconds,
-                    batch_id=batch_id,
-                    batch_size=len(ready),
+                    micro_batch_id=micro_batch_id,
+                    micro_batch_size=len(ready),
                     worker=self.worker_name,
                     seed=output.seed,
                 )

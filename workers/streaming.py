@@ -24,6 +24,12 @@ STREAM_TTL_S = 600
 STREAM_MAXLEN = 10_000
 
 
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the earliest of `stops` it contains, and whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
 class DeltaTracker:
     """What one streaming row has sent, and what it may send next."""
 
@@ -40,10 +46,8 @@ class DeltaTracker:
         """(text so far, ended by a stop string or EOS)."""
         end = next((i for i, t in enumerate(self.tokens) if t in self.eos), None)
         text = self.decode(self.tokens if end is None else self.tokens[:end])
-        cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if cuts:
-            return text[: min(cuts)], True
-        return text, end is not None
+        text, stopped = cut_at_stop(text, self.stops)
+        return text, stopped or end is not None
 
     def push(self, token: int) -> str:
         """Add one generated token; returns the new text that may be sent now ('' if none)."""
@@ -77,7 +81,8 @@ class DeltaPublisher:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        # Lives as long as the worker process (a daemon thread): nothing ever stops it.
+        self._queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="delta-publisher", daemon=True)
         self._thread.start()
 
@@ -89,18 +94,14 @@ class DeltaPublisher:
         batch = [first]
         while len(batch) < 512:
             try:
-                item = self._queue.get_nowait()
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-            if item is None:
-                self._queue.put(None)
-                break
-            batch.append(item)
         return batch
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            batch = self._drain(item)
+        while True:
+            batch = self._drain(self._queue.get())
             try:
                 with self.redis.pipeline(transaction=False) as pipe:
                     for job_id, delta in batch:
@@ -111,6 +112,3 @@ class DeltaPublisher:
             except RedisError as exc:  # the final text still arrives with the result
                 log.warning("could not publish %d stream delta(s): %s", len(batch), exc)
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)

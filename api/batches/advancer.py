@@ -1,6 +1,6 @@
 """Runs OpenAI batches: validating -> in_progress -> finalizing -> completed (or failed, cancelled, expired).
 
-Every API process runs this loop; a per-batch lock with a short expiry makes one process advance
+Every API process runs this loop; a per-batch lock (redis-py's Lock) with a short expiry makes one process advance
 a batch at a time, and another take over if it dies. Progress is kept in Redis, so nothing is
 lost across restarts:
 
@@ -21,16 +21,15 @@ import json
 import logging
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import msgspec
 from redis import Redis as SyncRedis
-from redis.exceptions import RedisError
-from rq.job import Job
+from redis.exceptions import LockError
 
+from api.background import run_forever
 from api.batches.lines import (
     LineError,
     LineReader,
@@ -41,24 +40,25 @@ from api.batches.lines import (
     parse_line,
     success_line,
 )
-from api.batches.protocol import FINAL_STATUSES
 from api.batches.record import BatchRecord
 from api.batches.service import BatchService
 from api.chat.protocol import ChatCompletionRequest
 from api.chat.service import build_chat_job, completion
-from api.dispatch.dispatcher import Dispatcher, parse_result
+from api.dispatch.dispatcher import Dispatcher
 from api.files.service import FileService
 from api.intake.images import ImageIntake
 from api.jobs.service import JobService
 from shared import keys
 from shared.blobstore import BlobNotFound
-from shared.contract import CANCELED, EXPIRED, JobError, JobMeta, JobResult
+from shared.contract import CANCELED, EXPIRED, FINAL_BATCH_STATUSES, JobError, JobMeta, JobResult
 from shared.errors import ServiceError
-from shared.serializer import MsgpackSerializer
+from shared.queue import jobs
+from shared.queue.outcomes import Outcome, read_snapshot
+from shared.redis_text import text, texts
 from shared.settings import Settings
 
 log = logging.getLogger("omega.api.batches")
-LOCK_MS = 30_000
+LOCK_S = 30.0
 LINES_PER_STEP = 32
 ITEM_PREFIX_ERROR = "!"
 
@@ -92,36 +92,30 @@ class BatchAdvancer:
         self.jobs = jobs
         self.dispatcher = dispatcher
         self.intake = intake
-        self.identity = uuid.uuid4().hex
         self.readers: dict[str, LineReader] = {}
         self._transition = redis.register_script(_TRANSITION)
 
     # --- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
-        while True:
-            try:
-                busy = await self.tick()
-                await asyncio.sleep(0.02 if busy else 0.25)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("batch runner paused: %s", exc)
-                await asyncio.sleep(1)
-            except Exception:
-                log.exception("batch runner error")
-                await asyncio.sleep(1)
+        await run_forever("batch runner", self._tick, log)
+
+    async def _tick(self) -> float:
+        return 0.02 if await self.tick() else 0.25
 
     async def tick(self) -> bool:
         busy = False
-        for raw in await self.redis.zrange(keys.BATCHES_ACTIVE, 0, -1):
-            batch_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            lock = keys.batch_lock(batch_id)
-            if not await self.redis.set(lock, self.identity, nx=True, px=LOCK_MS):
+        for batch_id in texts(await self.redis.zrange(keys.BATCHES_ACTIVE, 0, -1)):
+            # One process advances a batch at a time; the lock expires if that process dies.
+            lock = self.redis.lock(keys.batch_lock(batch_id), timeout=LOCK_S, blocking=False, thread_local=False)
+            if not await lock.acquire():
                 continue
             try:
                 busy |= await self.step(batch_id)
             finally:
-                await self.redis.delete(lock)
+                try:
+                    await lock.release()  # token-checked: never another process's lock
+                except LockError:
+                    log.warning("batch %s: lock expired during a step", batch_id)
         return busy
 
     async def step(self, batch_id: str) -> bool:
@@ -132,7 +126,7 @@ class BatchAdvancer:
             await self.redis.zrem(keys.BATCHES_ACTIVE, batch_id)
             return False
         status = record.status
-        if status in FINAL_STATUSES:
+        if status in FINAL_BATCH_STATUSES:
             await self.redis.zrem(keys.BATCHES_ACTIVE, batch_id)
             self._drop_reader(batch_id)
             return False
@@ -247,7 +241,7 @@ class BatchAdvancer:
                     f"custom_id {custom_id!r} was already used on line {int(first or 0)}",
                     "custom_id",
                 )
-        if await anyio.to_thread.run_sync(Job.exists, job_id, self.sync_redis):
+        if await anyio.to_thread.run_sync(jobs.exists, self.sync_redis, job_id):
             return job_id
         try:
             request = msgspec.convert(body, ChatCompletionRequest)
@@ -295,36 +289,20 @@ class BatchAdvancer:
         return False
 
     async def _job_ids(self, batch_id: str) -> list[str]:
-        values = await self.redis.hvals(keys.batch_items(batch_id))
-        texts = (v.decode() if isinstance(v, bytes) else str(v) for v in values)
-        return [t for t in texts if not t.startswith(ITEM_PREFIX_ERROR)]
+        values = texts(await self.redis.hvals(keys.batch_items(batch_id)))
+        return [v for v in values if not v.startswith(ITEM_PREFIX_ERROR)]
 
     # --- finalizing ----------------------------------------------------------------------------
-    def _outcome(self, job_id: str) -> tuple[JobMeta | None, JobResult | JobError | None, float]:
-        try:
-            job = Job.fetch(job_id, connection=self.sync_redis, serializer=MsgpackSerializer)
-        except Exception:
+    def _outcome(self, job_id: str) -> tuple[JobMeta | None, Outcome | None, float]:
+        snap = read_snapshot(self.sync_redis, job_id, self.settings.model_name)
+        if snap is None:
             return None, None, 0.0
-        latest = self.sync_redis.xrevrange(keys.rq_results_key(job_id), "+", "-", count=1)
-        outcome = None
-        if latest:
-            entry_id, fields = latest[0]
-            outcome = parse_result(
-                job_id, entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), fields or {}
-            )
-        ended = job.ended_at.timestamp() if job.ended_at else time.time()
-        return msgspec.convert(job.meta, JobMeta), outcome, ended
+        return snap.meta, snap.outcome, snap.ended_at or time.time()
 
     def _write(self, record: BatchRecord, out_path: Path, err_path: Path) -> dict[str, int]:
         """Write the output and error files line by line; returns the exact counts."""
-        items = {
-            int(k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in self.sync_redis.hgetall(keys.batch_items(record.id)).items()
-        }
-        custom_ids = {
-            v.decode() if isinstance(v, bytes) else v: k.decode() if isinstance(k, bytes) else k
-            for k, v in self.sync_redis.hgetall(keys.batch_custom_ids(record.id)).items()
-        }
+        items = {int(k): text(v) for k, v in self.sync_redis.hgetall(keys.batch_items(record.id)).items()}
+        custom_ids = {text(v): text(k) for k, v in self.sync_redis.hgetall(keys.batch_custom_ids(record.id)).items()}
         stopped = record.text("final_as")
         counts = {"completed": 0, "failed": 0, "canceled": 0, "line_errors": 0}
         with out_path.open("w") as out, err_path.open("w") as err:

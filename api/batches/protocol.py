@@ -5,14 +5,10 @@ How a batch is kept in Redis is api/batches/record.py.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
-BatchStatus = Literal[
-    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
-]
-FINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
+from shared.contract import BatchStatus
+
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
 
 

@@ -13,19 +13,14 @@ from typing import Any
 import msgspec
 
 from api.batches.protocol import BatchErrors, BatchObject, RequestCounts
-
-
-def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else value
+from shared.redis_text import text_or_none
 
 
 class BatchRecord:
     """The Redis hash of one batch, decoded; `to_object` gives the OpenAI view."""
 
     def __init__(self, fields: dict[Any, Any]) -> None:
-        self.fields = {_text(k) or "": _text(v) for k, v in fields.items()}
+        self.fields = {text_or_none(k) or "": text_or_none(v) for k, v in fields.items()}
 
     def text(self, name: str) -> str | None:
         value = self.fields.get(name)

@@ -15,6 +15,7 @@ from api.batches.record import BatchRecord
 from api.files.service import FileService
 from api.pagination import page_ids
 from shared import keys
+from shared.contract import FINAL_BATCH_STATUSES
 from shared.errors import Conflict, InvalidRequest, NotFound
 
 WINDOW = re.compile(r"^(\d+)([hm])$")
@@ -108,7 +109,7 @@ class BatchService:
 
     async def cancel(self, batch_id: str) -> BatchObject:
         record = await self.record(batch_id)
-        if record.status in ("completed", "failed", "expired", "cancelled"):
+        if record.status in FINAL_BATCH_STATUSES:
             raise Conflict(f"batch {batch_id} is already {record.status}", param="batch_id", code="batch_already_final")
         if record.status != "cancelling":
             # The runner sees this, stops expanding the input and cancels what has not run.

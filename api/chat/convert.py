@@ -47,7 +47,7 @@ def refuse_unsupported(req: ChatCompletionRequest) -> None:
         raise InvalidRequest("only response_format type 'text' is supported", param="response_format")
 
 
-def _stops(stop: str | list[str] | None, param: str = "stop") -> tuple[str, ...]:
+def _stops(stop: str | list[str] | None, param: str) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if any(s == "" for s in stops):
         raise InvalidRequest("stop strings must not be empty", param=param)
@@ -67,42 +67,80 @@ def _max_new(requested: int | None, min_new: int | None, settings: Settings, par
     return max_new, min(minimum, max_new)
 
 
-def chat_params(req: ChatCompletionRequest, settings: Settings) -> SamplingParams:
-    max_new, min_new = _max_new(req.max_completion_tokens or req.max_tokens, req.min_tokens, settings, "min_tokens")
-    # temperature 0 means greedy (OpenAI); otherwise DO_SAMPLE_DEFAULT decides.
-    do_sample = req.temperature > 0 if req.temperature is not None else settings.do_sample_default
-    top_k = req.top_k if req.top_k is not None else settings.top_k_default
+def sampling_params(
+    settings: Settings,
+    *,
+    max_new: int | None,
+    min_new: int | None,
+    min_param: str,
+    stop: str | list[str] | None,
+    stop_param: str,
+    do_sample: bool,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    repetition_penalty: float | None,
+    seed: int | None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    length_penalty: float | None = None,
+) -> SamplingParams:
+    """A request's sampling values over the server defaults: one resolution for both endpoints
+    (`min_param`/`stop_param` name the fields in the caller's request, for error messages)."""
+    max_new_tokens, min_new_tokens = _max_new(max_new, min_new, settings, min_param)
     return SamplingParams(
-        max_new_tokens=max_new,
-        min_new_tokens=min_new,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         do_sample=do_sample,
-        temperature=req.temperature if req.temperature is not None else settings.temperature_default,
-        top_p=req.top_p if req.top_p is not None else settings.top_p_default,
-        top_k=max(top_k, 0),
-        repetition_penalty=req.repetition_penalty or settings.repetition_penalty_default,
-        presence_penalty=req.presence_penalty or 0.0,
-        frequency_penalty=req.frequency_penalty or 0.0,
-        length_penalty=req.length_penalty if req.length_penalty is not None else 1.0,
-        seed=req.seed if req.seed is not None else settings.seed_default,
-        stop=_stops(req.stop),
+        temperature=temperature if temperature is not None else settings.temperature_default,
+        top_p=top_p if top_p is not None else settings.top_p_default,
+        top_k=max(top_k if top_k is not None else settings.top_k_default, 0),
+        repetition_penalty=repetition_penalty or settings.repetition_penalty_default,
+        presence_penalty=presence_penalty or 0.0,
+        frequency_penalty=frequency_penalty or 0.0,
+        length_penalty=length_penalty if length_penalty is not None else 1.0,
+        seed=seed if seed is not None else settings.seed_default,
+        stop=_stops(stop, stop_param),
+    )
+
+
+def chat_params(req: ChatCompletionRequest, settings: Settings) -> SamplingParams:
+    """OpenAI semantics: temperature 0 means greedy; otherwise DO_SAMPLE_DEFAULT decides."""
+    return sampling_params(
+        settings,
+        max_new=req.max_completion_tokens or req.max_tokens,
+        min_new=req.min_tokens,
+        min_param="min_tokens",
+        stop=req.stop,
+        stop_param="stop",
+        do_sample=req.temperature > 0 if req.temperature is not None else settings.do_sample_default,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        repetition_penalty=req.repetition_penalty,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        length_penalty=req.length_penalty,
     )
 
 
 def generate_params(params: GenerateParameters | None, settings: Settings) -> SamplingParams:
     """TGI semantics: greedy unless `do_sample` is true."""
     p = params or GenerateParameters()
-    max_new, min_new = _max_new(p.max_new_tokens, p.min_new_tokens, settings, "parameters.min_new_tokens")
-    top_k = p.top_k if p.top_k is not None else settings.top_k_default
-    return SamplingParams(
-        max_new_tokens=max_new,
-        min_new_tokens=min_new,
+    return sampling_params(
+        settings,
+        max_new=p.max_new_tokens,
+        min_new=p.min_new_tokens,
+        min_param="parameters.min_new_tokens",
+        stop=p.stop,
+        stop_param="parameters.stop",
         do_sample=bool(p.do_sample),
-        temperature=p.temperature if p.temperature is not None else settings.temperature_default,
-        top_p=p.top_p if p.top_p is not None else settings.top_p_default,
-        top_k=max(top_k, 0),
-        repetition_penalty=p.repetition_penalty or settings.repetition_penalty_default,
-        seed=p.seed if p.seed is not None else settings.seed_default,
-        stop=_stops(p.stop, "parameters.stop"),
+        temperature=p.temperature,
+        top_p=p.top_p,
+        top_k=p.top_k,
+        repetition_penalty=p.repetition_penalty,
+        seed=p.seed,
     )
 
 

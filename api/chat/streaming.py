@@ -21,10 +21,12 @@ from litestar.response.base import ASGIResponse
 from redis.exceptions import RedisError
 
 from api.chat.protocol import ChatCompletionChunk, ChoiceDelta, ChunkChoice, Usage
-from api.dispatch.dispatcher import parse_result
 from api.jobs.service import JobService
 from shared import keys
 from shared.contract import JobError, JobPayload, JobResult
+from shared.queue import names
+from shared.queue.outcomes import parse_entry
+from shared.redis_text import text as as_text
 from shared.settings import Settings
 
 log = logging.getLogger("omega.api.streaming")
@@ -49,10 +51,6 @@ class EventStream(Stream):
 
 def sse(payload: Any) -> bytes:
     return b"data: " + msgspec.json.encode(payload) + b"\n\n"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class ChatStream:
@@ -103,7 +101,7 @@ class ChatStream:
         return out
 
     async def events(self) -> AsyncIterator[bytes]:
-        deltas, results = keys.job_stream(self.job_id), keys.rq_results_key(self.job_id)
+        deltas, results = keys.job_stream(self.job_id), names.results_key(self.job_id)
         positions = {deltas: "0-0", results: "0-0"}
         deadline = time.monotonic() + self.settings.request_timeout_s
         try:
@@ -120,15 +118,15 @@ class ChatStream:
                 if not reply:
                     yield b": keep-alive\n\n"
                     continue
-                for key, entries in sorted(reply, key=lambda r: _text(r[0]) != deltas):  # deltas first
+                for key, entries in sorted(reply, key=lambda r: as_text(r[0]) != deltas):  # deltas first
                     for entry_id, fields in entries:
-                        positions[_text(key)] = _text(entry_id)
-                        if _text(key) == deltas:
-                            text = _text(fields.get(b"d", b""))
+                        positions[as_text(key)] = as_text(entry_id)
+                        if as_text(key) == deltas:
+                            text = as_text(fields.get(b"d", b""))
                             self.sent += text
                             yield self._chunk(ChoiceDelta(content=text))
                             continue
-                        outcome = parse_result(self.job_id, _text(entry_id), fields)
+                        outcome = parse_entry(self.job_id, as_text(entry_id), fields)
                         if outcome is not None:
                             self.finished = True
                             for event in self._ending(outcome):

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from shared import keys
 from shared.errors import Overloaded, ServiceUnavailable
-from shared.fleet import WorkerInfo, decode_info
+from shared.fleet import WorkerInfo
+from shared.queue.fleet import QueueLoad, read_loads_async, read_workers_async
 from shared.settings import Settings
 
-
-@dataclass(frozen=True)
-class QueueLoad:
-    worker: WorkerInfo
-    waiting: int
-    in_flight: int
-
-    @property
-    def score(self) -> float:
-        """Work per unit of capacity: what "least loaded" compares."""
-        return (self.waiting + self.in_flight) / max(1, self.worker.capacity)
+__all__ = ["FleetView", "QueueLoad"]
 
 
 class FleetView:
@@ -41,30 +30,18 @@ class FleetView:
         """
         now = time.time()
         if fresh or include_failed or now - self._cached_at >= self.cache_s:
-            records = await self._read(now)
+            records = await self._read()
             self._cached = [w for w in records if w.state in ("loading", "ready")]
             self._cached_at = now
             if include_failed:
                 return records
         return self._cached
 
-    async def _read(self, now: float) -> list[WorkerInfo]:
-        ids = await self.redis.zrangebyscore(keys.WORKERS, now - self.settings.worker_ttl_s, "+inf")
-        if not ids:
-            return []
-        names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-        workers = [decode_info(raw) for raw in await self.redis.mget([keys.worker_info(n) for n in names]) if raw]
-        return sorted((w for w in workers if w is not None), key=lambda w: w.id)
+    async def _read(self) -> list[WorkerInfo]:
+        return await read_workers_async(self.redis, self.settings.worker_ttl_s)
 
     async def loads(self, workers: list[WorkerInfo]) -> list[QueueLoad]:
-        if not workers:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for worker in workers:
-                pipe.llen(keys.rq_queue_key(worker.queue))
-                pipe.zcard(keys.rq_started_key(worker.queue))
-            counts = await pipe.execute()
-        return [QueueLoad(w, int(counts[2 * i]), int(counts[2 * i + 1])) for i, w in enumerate(workers)]
+        return await read_loads_async(self.redis, workers)
 
     async def candidates(self) -> list[WorkerInfo]:
         """The live workers a job may go to; ServiceUnavailable when there are none."""
@@ -78,7 +55,7 @@ class FleetView:
 
     async def check_room(self) -> None:
         """Refuse early (no worker, every queue full) before a request's images are fetched and
-        stored. Choosing the queue is api/dispatch/admission.py's, atomically with the enqueue."""
+        stored. Choosing the queue is shared/queue/admission.py's, atomically with the enqueue."""
         loads = await self.loads(await self.candidates())
         if all(q.waiting >= self.settings.max_queue_size for q in loads):
             raise self.full(loads)

@@ -1,15 +1,14 @@
-"""Runs the janitor (shared/janitor.py) from every API process; its lock makes one sweep at a time."""
+"""Runs the janitor (shared/queue/janitor.py) from every API process; its lock makes one sweep at a time."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import anyio.to_thread
 from redis import Redis as SyncRedis
-from redis.exceptions import RedisError
 
-from shared.janitor import Janitor
+from api.background import run_forever
+from shared.queue.janitor import Janitor
 from shared.settings import Settings
 
 log = logging.getLogger("omega.api.janitor")
@@ -17,13 +16,10 @@ log = logging.getLogger("omega.api.janitor")
 
 async def run_janitor(settings: Settings, sync_redis: SyncRedis) -> None:
     janitor = Janitor(sync_redis, settings)
-    while True:
-        try:
-            await anyio.to_thread.run_sync(janitor.sweep)
-        except asyncio.CancelledError:
-            raise
-        except (RedisError, OSError) as exc:
-            log.debug("janitor paused: %s", exc)
-        except Exception:
-            log.exception("janitor sweep failed")
-        await asyncio.sleep(settings.janitor_interval_s)
+
+    async def sweep() -> float:
+        await anyio.to_thread.run_sync(janitor.sweep)
+        return settings.janitor_interval_s
+
+    # An outage is routine here (every API process runs this): logged at debug only.
+    await run_forever("janitor", sweep, log, outage_level=logging.DEBUG, error_pause_s=settings.janitor_interval_s)

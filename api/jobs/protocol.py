@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 from api.chat.protocol import ChatCompletion, ChatCompletionRequest
+from shared.contract import CancelReason, JobStatus, Priority
 
 
 class JobCreateRequest(ChatCompletionRequest, kw_only=True):
     """POST /v1/jobs: a chat completion request, plus when to give up and how urgent it is."""
 
     expires_after: Annotated[float, Meta(gt=0, le=30 * 86400)] | None = None
-    priority: Literal["interactive", "batch"] = "interactive"
+    priority: Priority = "interactive"
     metadata: dict[str, str] | None = None
 
 
@@ -27,7 +28,7 @@ class ErrorDetail(msgspec.Struct):
 
 class JobObject(msgspec.Struct, kw_only=True):
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+    status: JobStatus
     created_at: int
     model: str
     priority: str
@@ -42,6 +43,4 @@ class JobObject(msgspec.Struct, kw_only=True):
     error: ErrorDetail | None = None
     metadata: dict[str, str] = {}
     # DELETE only: what the cancellation did.
-    cancellation: (
-        Literal["canceled_before_start", "stopped_while_running", "finished_before_cancel", "cancel_requested"] | None
-    ) = None
+    cancellation: CancelReason | None = None

@@ -1,6 +1,6 @@
 """Submit-and-poll jobs: what state a job is in, where it waits, and how it is canceled or expires.
 
-A job's state is read from rq (its status and meta) and from its results stream (the outcome);
+A job's state is rq's status and meta plus the latest entry of its results stream (the outcome);
 nothing is stored twice. Canceled and expired are final states of their own: they are written as
 results with a distinctive error code, so a waiter on the results stream wakes for them too.
 """
@@ -11,68 +11,24 @@ import hashlib
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anyio.to_thread
-import msgspec
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
-from rq.registry import CanceledJobRegistry, FailedJobRegistry
-from rq.results import Result
 
-from api.dispatch.dispatcher import Dispatcher, Outcome, parse_result
+from api.dispatch.dispatcher import Dispatcher
 from api.dispatch.fleet_view import FleetView
 from shared import keys
-from shared.contract import CANCELED, EXPIRED, JobError, JobMeta, JobResult, canceled_error, encode_error, expired_error
+from shared.contract import CancelReason, JobError, canceled_error, expired_error
 from shared.errors import Conflict, NotFound
-from shared.serializer import MsgpackSerializer
+from shared.queue import names
+from shared.queue.finish import finalize_unrun
+from shared.queue.outcomes import JobSnapshot, read_snapshot
+from shared.redis_text import text
 from shared.settings import Settings
 
-Status = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
-Cancellation = Literal["canceled_before_start", "stopped_while_running", "finished_before_cancel", "cancel_requested"]
-FINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "expired"})
-
-
-@dataclass(frozen=True)
-class JobSnapshot:
-    id: str
-    rq_status: str | None
-    meta: JobMeta
-    origin: str | None  # the worker queue once enqueued; None while in the batch lane
-    started_at: float | None
-    ended_at: float | None
-    outcome: Outcome | None
-    last_result_id: str  # results-stream position: wait for entries after this one
-
-    @property
-    def status(self) -> Status:
-        outcome = self.outcome
-        if isinstance(outcome, JobResult):
-            return "succeeded"
-        if isinstance(outcome, JobError):
-            return {CANCELED: "canceled", EXPIRED: "expired"}.get(outcome.code or "", "failed")  # type: ignore[return-value]
-        if self.rq_status in (JobStatus.CANCELED, JobStatus.STOPPED):
-            return "canceled"
-        if self.rq_status == JobStatus.STARTED:
-            return "running"
-        if self.rq_status == JobStatus.FAILED:
-            return "failed"
-        return "queued"
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL
-
-    @property
-    def past_deadline(self) -> bool:
-        return self.status == "queued" and self.meta.expires_at is not None and time.time() > self.meta.expires_at
-
-
-def _ts(value: object) -> float | None:
-    return value.timestamp() if value is not None else None  # type: ignore[attr-defined]
+__all__ = ["JobService", "JobSnapshot"]
 
 
 class JobService:
@@ -86,38 +42,8 @@ class JobService:
         self.dispatcher = dispatcher
 
     # --- reading ---------------------------------------------------------------------------
-    def _fetch(self, job_id: str) -> Job | None:
-        try:
-            return Job.fetch(job_id, connection=self.sync_redis, serializer=MsgpackSerializer)
-        except NoSuchJobError:
-            return None
-
     def _read(self, job_id: str) -> JobSnapshot | None:
-        job = self._fetch(job_id)
-        if job is None:
-            return None
-        latest = self.sync_redis.xrevrange(keys.rq_results_key(job_id), "+", "-", count=1)
-        outcome, last_id = None, "0-0"
-        if latest:
-            entry_id, fields = latest[0]
-            fields = fields or {}
-            last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            outcome = parse_result(job_id, last_id, fields)
-        try:
-            meta = msgspec.convert(job.meta, JobMeta)
-        except (msgspec.ValidationError, TypeError):
-            meta = JobMeta(model=self.settings.model_name, created_at=_ts(job.created_at) or time.time())
-        status = job.get_status(refresh=False)
-        return JobSnapshot(
-            job_id,
-            status.value if status is not None else None,
-            meta,
-            job.origin or None,
-            _ts(job.started_at),
-            _ts(job.ended_at),
-            outcome,
-            last_id,
-        )
+        return read_snapshot(self.sync_redis, job_id, self.settings.model_name)
 
     async def snapshot(self, job_id: str) -> JobSnapshot:
         """The job's current state (expiring it first if its deadline passed), or 404."""
@@ -129,7 +55,7 @@ class JobService:
                 code="job_not_found",
             )
         if snap.past_deadline and await self._take_out_of_line(snap):
-            await anyio.to_thread.run_sync(self.finalize_unrun, job_id, expired_error(job_id))
+            await anyio.to_thread.run_sync(self._finalize_unrun, job_id, expired_error(job_id))
             return await self.snapshot(job_id)
         return snap
 
@@ -151,7 +77,7 @@ class JobService:
             return None, None
         workers = await self.fleet.live_workers()
         if snap.origin:
-            index: Any = await self.redis.lpos(keys.rq_queue_key(snap.origin), snap.id)
+            index: Any = await self.redis.lpos(names.queue_key(snap.origin), snap.id)
             if index is None:
                 return None, None
             mine = [w for w in workers if w.queue == snap.origin]
@@ -171,35 +97,11 @@ class JobService:
     # --- changing ----------------------------------------------------------------------------
     async def _take_out_of_line(self, snap: JobSnapshot) -> bool:
         """Remove a queued job from its queue or the lane; False if a worker took it first."""
-        key = keys.rq_queue_key(snap.origin) if snap.origin else keys.BATCH_LANE
+        key = names.queue_key(snap.origin) if snap.origin else keys.BATCH_LANE
         return bool(await self.redis.lrem(key, 1, snap.id))
 
-    def finalize_unrun(self, job_id: str, error: JobError) -> None:
-        """Final state for a job that never ran: registry, status and a results-stream entry."""
-        job = self._fetch(job_id)
-        if job is None:
-            return
-        ttl = job.failure_ttl or self.settings.job_result_ttl_s
-        canceled = error.code == CANCELED
-        batch_id = job.meta.get("batch_id") if isinstance(job.meta, dict) else None
-        with self.sync_redis.pipeline() as pipe:
-            if batch_id:
-                pipe.hincrby(keys.batch_record(batch_id), "canceled", 1)
-            job.set_status(JobStatus.CANCELED if canceled else JobStatus.FAILED, pipeline=pipe)
-            if job.origin:
-                registry = CanceledJobRegistry if canceled else FailedJobRegistry
-                registry(job.origin, connection=self.sync_redis, serializer=MsgpackSerializer).add(
-                    job, ttl, pipeline=pipe
-                )
-            Result.create(
-                job,
-                Result.Type.STOPPED if canceled else Result.Type.FAILED,
-                ttl,
-                exc_string=encode_error(error),
-                pipeline=pipe,
-            )
-            pipe.expire(job.key, ttl)
-            pipe.execute()
+    def _finalize_unrun(self, job_id: str, error: JobError) -> None:
+        finalize_unrun(self.sync_redis, job_id, error, self.settings.job_result_ttl_s)
 
     async def stop(self, job_id: str) -> None:
         """Cancel without waiting (a batch being canceled): queued never runs, running is asked to stop."""
@@ -210,16 +112,16 @@ class JobService:
         if snap.final:
             return
         if snap.status == "queued" and await self._take_out_of_line(snap):
-            await anyio.to_thread.run_sync(self.finalize_unrun, job_id, canceled_error(job_id, running=False))
+            await anyio.to_thread.run_sync(self._finalize_unrun, job_id, canceled_error(job_id, running=False))
         else:
             await self.redis.zadd(keys.CANCEL_REQUESTS, {job_id: time.time()})
 
-    async def cancel(self, job_id: str) -> tuple[JobSnapshot, Cancellation]:
+    async def cancel(self, job_id: str) -> tuple[JobSnapshot, CancelReason]:
         snap = await self.snapshot(job_id)
         if snap.final:
             raise Conflict(f"job {job_id} is already {snap.status}", param="job_id", code="job_already_final")
         if snap.status == "queued" and await self._take_out_of_line(snap):
-            await anyio.to_thread.run_sync(self.finalize_unrun, job_id, canceled_error(job_id, running=False))
+            await anyio.to_thread.run_sync(self._finalize_unrun, job_id, canceled_error(job_id, running=False))
             return await self.snapshot(job_id), "canceled_before_start"
         # Running (or taken by a worker just now): the worker sees the request at its next
         # heartbeat and stops the row at the next decoding step.
@@ -249,7 +151,7 @@ class JobService:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             raw = await self.redis.get(slot)
-            value = raw.decode() if isinstance(raw, bytes) else (raw or "")
+            value = text(raw) if raw is not None else ""
             digest, _, job_id = value.partition(":")
             if digest != "pending":
                 if not value:  # the first request failed and released the key: try again

@@ -12,8 +12,8 @@ from api.chat.protocol import ChatCompletionRequest
 from api.chat.service import ChatService, completion
 from api.dispatch.dispatcher import Dispatcher
 from api.jobs.protocol import ErrorDetail, JobCreateRequest, JobObject
-from api.jobs.service import Cancellation, JobService, JobSnapshot
-from shared.contract import JobError, JobMeta, JobResult
+from api.jobs.service import JobService, JobSnapshot
+from shared.contract import CancelReason, JobError, JobMeta, JobResult
 from shared.errors import InvalidRequest
 from shared.settings import Settings
 
@@ -73,7 +73,7 @@ class SubmitPollService:
         snap, outcome = await self.jobs.cancel(job_id)
         return await self.job_object(snap, outcome)
 
-    async def job_object(self, snap: JobSnapshot, cancellation: Cancellation | None = None) -> JobObject:
+    async def job_object(self, snap: JobSnapshot, cancellation: CancelReason | None = None) -> JobObject:
         position, wait = await self.jobs.position(snap)
         result = error = None
         if isinstance(snap.outcome, JobResult):

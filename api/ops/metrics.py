@@ -27,6 +27,8 @@ from prometheus_client.registry import Collector
 from api.ops.service import OpsService
 from shared import keys
 from shared.fleet import WorkerInfo
+from shared.queue import names
+from shared.redis_text import text as as_text
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: list[str | float] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
@@ -41,9 +43,8 @@ def prometheus_config() -> PrometheusConfig:
 def _age(stamp: Any, now: float) -> float:
     if not stamp:
         return 0.0
-    text = stamp.decode() if isinstance(stamp, bytes) else str(stamp)
     try:
-        return max(0.0, now - datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+        return max(0.0, now - datetime.fromisoformat(as_text(stamp).replace("Z", "+00:00")).timestamp())
     except ValueError:
         return 0.0
 
@@ -60,7 +61,7 @@ def merge_worker_metrics(expositions: dict[str, bytes]) -> list[Metric]:
     """One family per metric name, with each worker's samples labelled by its id."""
     merged: dict[str, Metric] = {}
     for worker, text in sorted(expositions.items()):
-        for family in text_string_to_metric_families(text.decode()):
+        for family in text_string_to_metric_families(as_text(text)):
             target = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
             for sample in family.samples:
                 target.add_sample(sample.name, {**sample.labels, "worker": worker}, sample.value)
@@ -78,7 +79,7 @@ class FleetMetrics:
         loads = await svc.fleet.loads(live)
         async with redis.pipeline(transaction=False) as pipe:
             for load in loads:
-                pipe.lindex(keys.rq_queue_key(load.worker.queue), 0)
+                pipe.lindex(names.queue_key(load.worker.queue), 0)
             pipe.llen(keys.BATCH_LANE)
             pipe.lindex(keys.BATCH_LANE, 0)
             pipe.mget([keys.worker_metrics(w.id) for w in live] or ["-"])
@@ -86,8 +87,8 @@ class FleetMetrics:
         heads, lane_length, lane_head, snapshots = replies[: len(loads)], replies[-3], replies[-2], replies[-1]
         async with redis.pipeline(transaction=False) as pipe:
             for head in heads:
-                pipe.hget(keys.rq_job_key(head.decode()) if head else "-", "enqueued_at")
-            pipe.hget(keys.rq_job_key(lane_head.decode()) if lane_head else "-", "created_at")
+                pipe.hget(names.job_key(as_text(head)) if head else "-", "enqueued_at")
+            pipe.hget(names.job_key(as_text(lane_head)) if lane_head else "-", "created_at")
             stamps = await pipe.execute()
         now = time.time()
         families: list[Metric] = []

@@ -1,4 +1,4 @@
-"""Choosing a queue and enqueueing in one Lua script (api/dispatch/admission.py), on a real Redis.
+"""Choosing a queue and enqueueing in one Lua script (shared/queue/admission.py), on a real Redis.
 
 The jobs it writes must be exactly what rq's own enqueue writes, or workers, registries and rq's
 tooling would disagree about them; and it must route as the fleet rules say."""
@@ -14,11 +14,11 @@ from redis.asyncio import Redis
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 
-from api.dispatch.admission import Admission, Admitter
-from api.dispatch.dispatcher import Dispatcher, queued_fields
-from shared import keys
+from api.dispatch.dispatcher import Dispatcher
 from shared.contract import JobMeta, JobPayload, Message, SamplingParams, TextPart
 from shared.fleet import ModelCard, WorkerInfo
+from shared.queue import names
+from shared.queue.admission import Admission, Admitter
 from shared.serializer import MsgpackSerializer
 from shared.settings_sources import load_settings
 from tests.support.procs import RedisServer
@@ -60,7 +60,7 @@ def admit(url: str, jobs: list[Job], workers: list[WorkerInfo], max_queue_size: 
         redis = Redis.from_url(url)
         admitter = Admitter(redis, max_queue_size)
         try:
-            return [await admitter.admit(job.key, job.id, queued_fields(job), workers) for job in jobs]
+            return [await admitter.admit(job, workers) for job in jobs]
         finally:
             await redis.aclose()
 
@@ -87,8 +87,8 @@ def test_the_script_enqueues_exactly_what_rq_would(redis_server: RedisServer) ->
     # Only what names the job, its queue and its moment may differ.
     assert differing <= {"origin", "enqueued_at", "created_at", "data"}, differing
     assert ours["origin"] == b"omega.a" and ours["status"] == b"queued"
-    assert sync.lrange(keys.rq_queue_key("omega.a"), 0, -1) == [b"ours"]
-    assert {keys.rq_queue_key("omega.a").encode(), keys.rq_queue_key("omega.b").encode()} <= sync.smembers(
+    assert sync.lrange(names.queue_key("omega.a"), 0, -1) == [b"ours"]
+    assert {names.queue_key("omega.a").encode(), names.queue_key("omega.b").encode()} <= sync.smembers(
         Queue.redis_queues_keys
     )
     assert sync.ttl("rq:job:ours") == sync.ttl("rq:job:theirs") == -1
@@ -103,8 +103,8 @@ def test_the_script_enqueues_exactly_what_rq_would(redis_server: RedisServer) ->
 def test_least_loaded_per_unit_of_capacity_and_ready_first(redis_server: RedisServer) -> None:
     url, sync = fresh(redis_server)
     big, small, loading = worker("big", capacity=8), worker("small", capacity=2), worker("loading", ready=False)
-    sync.rpush(keys.rq_queue_key("omega.small"), "x1")  # small: 1 waiting / 2 = 0.5
-    sync.zadd(keys.rq_started_key("omega.big"), {"y1": 1, "y2": 2})  # big: 2 in flight / 8 = 0.25
+    sync.rpush(names.queue_key("omega.small"), "x1")  # small: 1 waiting / 2 = 0.5
+    sync.zadd(names.started_key("omega.big"), {"y1": 1, "y2": 2})  # big: 2 in flight / 8 = 0.25
     first, second = admit(url, [new_job(sync, "j1"), new_job(sync, "j2")], [small, loading, big])
     assert first.worker == big and first.waiting == [1, 0, 0] and first.in_flight == [0, 0, 2]
     assert second.worker == big  # 3/8 still below 1/2
@@ -124,7 +124,7 @@ def test_full_queues_refuse_and_ties_are_shared(redis_server: RedisServer) -> No
     # With equal loads, the first pick is random: over many rounds both queues get picked first.
     firsts: Counter[str | None] = Counter()
     for round_ in range(20):
-        sync.delete(keys.rq_queue_key("omega.a"), keys.rq_queue_key("omega.b"))
+        sync.delete(names.queue_key("omega.a"), names.queue_key("omega.b"))
         [r] = admit(url, [new_job(sync, f"r{round_}")], [a, b])
         firsts[r.worker.queue if r.worker else None] += 1
     assert firsts["omega.a"] > 0 and firsts["omega.b"] > 0

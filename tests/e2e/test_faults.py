@@ -21,6 +21,7 @@ from rq.suspension import resume, suspend
 
 from shared import keys
 from shared.fleet import WorkerInfo, decode_info
+from shared.queue import names
 from shared.serializer import MsgpackSerializer
 from tests.support.assertions import assert_openai_error
 from tests.support.images import data_url, image_bytes
@@ -74,7 +75,7 @@ class Fleet:
 
         def check() -> bool:
             r = self.redis()
-            found[:] = [w for w in self.live() if r.zcard(keys.rq_started_key(w.queue)) > 0]
+            found[:] = [w for w in self.live() if r.zcard(names.started_key(w.queue)) > 0]
             return bool(found)
 
         wait_for(check, timeout, "a worker with jobs in flight", interval=0.01)
@@ -133,7 +134,7 @@ def test_the_only_worker_of_a_queue_dies_its_waiting_jobs_finish_elsewhere(fleet
     os.kill(victim.pid, signal.SIGSTOP)  # frozen: still counted live until its heartbeat ages out
     try:
         ids = [fleet.submit(long_job(100 + i, tokens=8)) for i in range(10)]
-        assert fleet.redis().llen(keys.rq_queue_key(victim.queue)) > 0, "nothing was routed to the frozen worker"
+        assert fleet.redis().llen(names.queue_key(victim.queue)) > 0, "nothing was routed to the frozen worker"
     finally:
         os.kill(victim.pid, signal.SIGKILL)
     outcomes = [fleet.final(job_id) for job_id in ids]
@@ -162,7 +163,7 @@ def test_sigterm_finishes_the_batch_then_exits(fleet: Fleet) -> None:
     ids = [fleet.submit(long_job(400 + i, tokens=160)) for i in range(6)]
     victim = fleet.busy_worker()
     redis = fleet.redis()
-    in_flight = [j.split(":")[0] for j in redis.zrange(keys.rq_started_key(victim.queue), 0, -1) for j in [j.decode()]]
+    in_flight = [j.split(":")[0] for j in redis.zrange(names.started_key(victim.queue), 0, -1) for j in [j.decode()]]
     os.kill(victim.pid, signal.SIGTERM)
     wait_for(
         lambda: not Path(f"/proc/{victim.pid}").exists() or "zombie" in Path(f"/proc/{victim.pid}/status").read_text(),

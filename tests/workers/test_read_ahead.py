@@ -16,7 +16,7 @@ from tests.support.images import image_bytes
 from workers.engine import Engine
 from workers.images import ImageLoader
 from workers.read_ahead import ReadAhead
-from workers.runner import BatchItem, BatchRunner
+from workers.runner import MicroBatchItem, MicroBatchRunner
 
 
 def payload(job_id: str, text: str, blobs: list[str], **params: object) -> JobPayload:
@@ -72,9 +72,9 @@ def test_a_batch_using_rows_prepared_ahead_generates_the_same_text(engine: Engin
         payload("x2", "caption again", [blob], do_sample=True, temperature=0.7, seed=8),
         payload("x3", "no image", []),
     ]
-    items = [BatchItem(j, time.time()) for j in jobs]
-    cold = BatchRunner(engine, ImageLoader(store, engine.settings), "w").run(items)
-    warm_runner = BatchRunner(engine, ImageLoader(store, engine.settings), "w")
+    items = [MicroBatchItem(j, time.time()) for j in jobs]
+    cold = MicroBatchRunner(engine, ImageLoader(store, engine.settings), "w").run(items)
+    warm_runner = MicroBatchRunner(engine, ImageLoader(store, engine.settings), "w")
     warm_runner.read_ahead.prepare(jobs[:2])
     warm = warm_runner.run(items)
     assert warm_runner.read_ahead.hits == 2

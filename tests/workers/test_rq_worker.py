@@ -1,4 +1,4 @@
-"""The rq batch worker on a real Redis: one generate per batch, every job ends in a registry."""
+"""The micro-batch worker on a real Redis: one generate per micro-batch, every job ends in a registry."""
 
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ from shared.contract import (
     decode_result,
     encode,
 )
+from shared.queue.worker import MicroBatch, MicroBatchWorker
 from shared.serializer import MsgpackSerializer
 from tests.support.images import image_bytes
 from tests.support.procs import RedisServer
 from workers.engine import Engine
 from workers.images import ImageLoader
-from workers.rq_worker import BatchWorker
-from workers.runner import BatchRunner
+from workers.micro_batches import ModelHandler, model_worker
+from workers.runner import MicroBatchRunner
 
 
 def payload(i: int, blob: str | None = None) -> JobPayload:
@@ -59,8 +60,8 @@ def test_batch_worker_runs_one_batch_and_records_every_job(
     enqueue("job-missing-blob", encode(payload(5, "0" * 64)))
     enqueue("job-garbage", b"\x00 not a payload")
 
-    runner = BatchRunner(engine, ImageLoader(store, engine.settings), "unit-worker")
-    worker = BatchWorker([queue], connection=conn, runner=runner, max_batch_size=8, batch_timeout_ms=0)
+    runner = MicroBatchRunner(engine, ImageLoader(store, engine.settings), "unit-worker")
+    worker = model_worker([queue], connection=conn, runner=runner, max_batch_size=8, batch_timeout_ms=0)
     calls = engine.generate_calls
     worker.work(burst=True)
 
@@ -76,7 +77,7 @@ def test_batch_worker_runs_one_batch_and_records_every_job(
         job = Job.fetch(f"job-{i}", connection=conn, serializer=MsgpackSerializer)
         assert job.get_status() == JobStatus.FINISHED
         result = decode_result(Result.fetch_latest(job, serializer=MsgpackSerializer).return_value)
-        assert result.completion_tokens == 4 and result.batch_size == 5 and result.worker == "unit-worker"
+        assert result.completion_tokens == 4 and result.micro_batch_size == 5 and result.worker == "unit-worker"
     missing = Job.fetch("job-missing-blob", connection=conn, serializer=MsgpackSerializer)
     error = decode_error(Result.fetch_latest(missing, serializer=MsgpackSerializer).exc_string)
     assert error is not None and error.status == 404
@@ -91,15 +92,15 @@ def test_max_batch_size_splits_batches(engine: Engine, redis_server: RedisServer
     queue = Queue("omega.unit2", connection=conn, serializer=MsgpackSerializer)
     for i in range(7):
         queue.enqueue_call(func=keys.JOB_FUNC, args=(encode(payload(i)),), job_id=f"b-{i}")
-    runner = BatchRunner(engine, ImageLoader(LocalBlobStore(tmp_path), engine.settings), "unit-worker")
+    runner = MicroBatchRunner(engine, ImageLoader(LocalBlobStore(tmp_path), engine.settings), "unit-worker")
     sizes: list[int] = []
-    worker = BatchWorker(
+    worker = model_worker(
         [queue],
         connection=conn,
         runner=runner,
         max_batch_size=3,
         batch_timeout_ms=0,
-        on_batch=lambda size, _s: sizes.append(size),
+        on_micro_batch=lambda size, _s: sizes.append(size),
     )
     worker.work(burst=True)
     assert sizes == [3, 3, 1]
@@ -125,19 +126,14 @@ def test_images_of_the_next_batch_are_fetched_while_this_one_generates(
     for i, blob in enumerate(blobs):
         queue.enqueue_call(func=keys.JOB_FUNC, args=(encode(payload(i, blob)),), job_id=f"p-{i}")
     loader = ImageLoader(store, engine.settings)
-    worker = BatchWorker(
-        [queue],
-        connection=conn,
-        runner=BatchRunner(engine, loader, "unit-worker"),
-        max_batch_size=2,
-        batch_timeout_ms=0,
-    )
+    runner = MicroBatchRunner(engine, loader, "unit-worker")
+    worker = model_worker([queue], connection=conn, runner=runner, max_batch_size=2, batch_timeout_ms=0)
     CountingStore.reads = 0
     worker.work(burst=True)
     assert len(FinishedJobRegistry(queue=queue)) == 4
     assert CountingStore.reads == 4  # each image fetched once
     # The second batch found its rows prepared, or at least its images decoded, ahead of time.
-    assert worker.runner.read_ahead.hits + loader.cache.hits >= 2
+    assert runner.read_ahead.hits + loader.cache.hits >= 2
 
 
 def test_text_only_batches_do_not_read_ahead(engine: Engine, redis_server: RedisServer, tmp_path: Path) -> None:
@@ -152,17 +148,14 @@ def test_text_only_batches_do_not_read_ahead(engine: Engine, redis_server: Redis
         queue.enqueue_call(func=keys.JOB_FUNC, args=(encode(payload(i, blob if i >= 4 else None)),), job_id=f"t-{i}")
     read_ahead: list[int] = []
 
-    class Recording(BatchWorker):
-        def _prefetch(self, queue: Queue) -> None:
+    class Recording(ModelHandler):
+        def _prefetch(self, batch: MicroBatch) -> None:
             read_ahead.append(len(queue))
-            super()._prefetch(queue)
+            super()._prefetch(batch)
 
-    worker = Recording(
-        [queue],
-        connection=conn,
-        runner=BatchRunner(engine, ImageLoader(store, engine.settings), "unit-worker"),
-        max_batch_size=2,
-        batch_timeout_ms=0,
+    runner = MicroBatchRunner(engine, ImageLoader(store, engine.settings), "unit-worker")
+    worker = MicroBatchWorker(
+        [queue], connection=conn, handler=Recording(runner, conn), max_batch_size=2, batch_timeout_ms=0
     )
     worker.work(burst=True)
     assert len(FinishedJobRegistry(queue=queue)) == 8

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.typing import EncodableT, FieldT
-from rq.queue import Queue
+from redis.typing import EncodableT
 
-from shared import keys
 from shared.fleet import WorkerInfo
+from shared.queue import names
+from shared.queue.jobs import Job, queued_fields
 
 # KEYS: rq's set of queues, the job's hash, then per candidate its queue and in-flight registry.
 # ARGV: max waiting per queue, candidates, rotation, job id, then per candidate (capacity,
@@ -77,17 +77,15 @@ class Admitter:
         self.max_queue_size = max_queue_size
         self._script = redis.register_script(ADMIT_LUA)
 
-    async def admit(
-        self, job_key: str, job_id: str, fields: dict[FieldT, EncodableT], workers: Sequence[WorkerInfo]
-    ) -> Admission:
-        """Enqueue on the least-loaded live queue with room (ready workers before loading ones;
-        ties broken at random so equal workers share the load)."""
-        script_keys: list[str] = [Queue.redis_queues_keys, job_key]
-        args: list[EncodableT] = [self.max_queue_size, len(workers), random.randrange(len(workers)), job_id]
+    async def admit(self, job: Job, workers: Sequence[WorkerInfo]) -> Admission:
+        """Enqueue a new job on the least-loaded live queue with room (ready workers before
+        loading ones; ties broken at random so equal workers share the load)."""
+        script_keys: list[str] = [names.QUEUES, job.key]
+        args: list[EncodableT] = [self.max_queue_size, len(workers), random.randrange(len(workers)), job.id]
         for w in workers:
-            script_keys += [keys.rq_queue_key(w.queue), keys.rq_started_key(w.queue)]
+            script_keys += [names.queue_key(w.queue), names.started_key(w.queue)]
             args += [max(1, w.capacity), int(w.ready), w.queue]
-        for field, value in fields.items():
+        for field, value in queued_fields(job).items():
             args += [field, value]
         reply = [int(x) for x in await self._script(keys=script_keys, args=args)]
         chosen, loads = reply[0], reply[1:]

@@ -1,0 +1,101 @@
+"""Jobs as rq stores them: creating one, the hash rq's enqueue writes, and putting one on a queue.
+
+The API writes jobs itself (shared/queue/admission.py) instead of through rq's Queue, so what it
+writes must be what rq writes; tests/api/test_admission.py compares the two field by field.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as Job  # re-exported: callers hold jobs as opaque handles
+from rq.job import JobStatus as RqStatus
+from rq.queue import Queue
+from rq.utils import now
+
+from shared import keys
+from shared.contract import JobMeta, JobPayload, encode
+from shared.serializer import MsgpackSerializer
+
+JobFields = dict[FieldT, EncodableT]
+# rq job meta: how many runs of this job ended with their worker dead (the janitor counts them).
+ATTEMPTS = "attempts"
+
+
+def create(redis: SyncRedis, payload: JobPayload, meta: JobMeta, ttl_s: int, timeout_s: int) -> Job:
+    """A new job (not yet stored): the payload as msgpack, `meta` as rq's job meta."""
+    return Job.create(
+        func=keys.JOB_FUNC,
+        args=(encode(payload),),
+        id=payload.id,
+        connection=redis,
+        serializer=MsgpackSerializer,
+        timeout=timeout_s,
+        result_ttl=ttl_s,
+        failure_ttl=ttl_s,
+        meta=msgspec.to_builtins(meta),
+        description=f"{payload.kind} job",
+    )
+
+
+def job_fields(job: Job) -> JobFields:
+    """The job's Redis hash, as rq's Job.save writes it."""
+    fields: JobFields = job.to_dict()
+    return fields
+
+
+def queued_fields(job: Job) -> JobFields:
+    """The job's hash as rq's Queue.enqueue_job leaves it (enqueue time, queued status; the
+    admission script adds the queue it chose as `origin`)."""
+    job.enqueued_at = now()
+    job._status = RqStatus.QUEUED
+    return job_fields(job)
+
+
+async def add_to_lane(redis: Redis, job: Job) -> None:
+    """Store a batch-priority job and append it to the batch lane (the feeder enqueues it later)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(job.key, mapping=job_fields(job))
+        pipe.rpush(keys.BATCH_LANE, job.id)
+        await pipe.execute()
+
+
+def fetch(redis: SyncRedis, job_id: str) -> Job | None:
+    """The stored job, or None if it does not exist (never created, or expired)."""
+    try:
+        return Job.fetch(job_id, connection=redis, serializer=MsgpackSerializer)
+    except NoSuchJobError:
+        return None
+
+
+def exists(redis: SyncRedis, job_id: str) -> bool:
+    return bool(Job.exists(job_id, redis))
+
+
+def meta_of(job: Job) -> JobMeta:
+    """The job's meta as our `JobMeta` (raises msgspec.ValidationError for a foreign job)."""
+    return msgspec.convert(job.meta, JobMeta)
+
+
+def batch_of(job: Job) -> str | None:
+    """The OpenAI batch a job belongs to, from its meta (None for any other job)."""
+    batch_id = job.meta.get("batch_id") if isinstance(job.meta, dict) else None
+    return str(batch_id) if batch_id else None
+
+
+def is_canceled(job: Job) -> bool:
+    """rq's cached status says canceled (no round trip)."""
+    return bool(job.get_status(refresh=False) == RqStatus.CANCELED)
+
+
+def is_enqueued(job: Job) -> bool:
+    """Whether the job was ever put on a worker queue (a lane job has no origin yet)."""
+    return bool(job.origin)
+
+
+def enqueue_on(redis: SyncRedis, queue_name: str, job: Job, at_front: bool = False) -> None:
+    """rq's own enqueue of a stored job onto a worker queue (the feeder's and the janitor's moves)."""
+    Queue(queue_name, connection=redis, serializer=MsgpackSerializer).enqueue_job(job, at_front=at_front)
