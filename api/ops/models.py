@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from litestar import Controller, get
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from api.ops.protocol import ModelList, ModelObject
 from api.ops.service import OpsService
@@ -26,7 +27,7 @@ class ModelsController(Controller):
 
     # `path`, not `str`: hub-style names ("org/name") hold a slash, and the OpenAI SDK sends them as is.
     @get("/{model_id:path}", summary="Retrieve a model")
-    async def retrieve_model(self, model_id: str, ops_service: NamedDependency[OpsService]) -> ModelObject:
+    async def retrieve_model(self, model_id: FromPath[str], ops_service: NamedDependency[OpsService]) -> ModelObject:
         wanted = model_id.lstrip("/")
         for card in _cards(ops_service):
             if card.id == wanted:

@@ -7,7 +7,7 @@ import asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from api.feeder import LaneFeeder
+from api.dispatch.feeder import LaneFeeder
 from shared import keys
 from shared.settings_sources import load_settings
 from tests.support.procs import RedisServer
