@@ -137,6 +137,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_heartbeat_s: PositiveFloat = 2.0
     worker_ttl_s: PositiveFloat = 10.0
 
+    # --- hardening (issue 12): fetch fairness, image shape, start-up, logs -------------------
+    # Connections of the remote-image fetch pool; the share of it batch lines may hold at once;
+    # how many images of one request (or batch line) are fetched at once.
+    image_fetch_pool_size: PositiveInt = 64
+    image_fetch_batch_share: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    image_fetch_per_request: PositiveInt = 4
+    # Longest side over shortest side of one image (Qwen2-VL's resizer refuses over 200), and the
+    # pixels of all images of one request together (0 = no limit).
+    max_image_aspect_ratio: Annotated[float, Meta(ge=1)] = 200.0
+    max_request_pixels: NonNegInt = 100_000_000
+    # Consecutive failed starts after which `up`/`worker` stop restarting a worker.
+    worker_max_restarts: NonNegInt = 5
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = False
+
     def __repr__(self) -> str:
         parts = []
         for name in self.__struct_fields__:

@@ -196,6 +196,35 @@ OPTIONS: tuple[Option, ...] = (
     _o("batch_expand_ahead", "BATCH_EXPAND_AHEAD", "--batch-expand-ahead", "Batch lines queued ahead of completions"),
     _o("worker_heartbeat_s", "WORKER_HEARTBEAT_S", "--worker-heartbeat-s", "Worker heartbeat period"),
     _o("worker_ttl_s", "WORKER_TTL_S", "--worker-ttl-s", "Heartbeat age after which a worker is dead"),
+    # hardening (issue 12)
+    _o("image_fetch_pool_size", "IMAGE_FETCH_POOL_SIZE", "--image-fetch-pool-size", "Remote image connections"),
+    _o(
+        "image_fetch_batch_share",
+        "IMAGE_FETCH_BATCH_SHARE",
+        "--image-fetch-batch-share",
+        "Share of the image fetch pool batch work may hold (0-1]",
+    ),
+    _o(
+        "image_fetch_per_request",
+        "IMAGE_FETCH_PER_REQUEST",
+        "--image-fetch-per-request",
+        "Images of one request fetched at once",
+    ),
+    _o(
+        "max_image_aspect_ratio",
+        "MAX_IMAGE_ASPECT_RATIO",
+        "--max-image-aspect-ratio",
+        "Longest over shortest side of an image (400 above)",
+    ),
+    _o("max_request_pixels", "MAX_REQUEST_PIXELS", "--max-request-pixels", "Pixels of all images of a request"),
+    _o(
+        "worker_max_restarts",
+        "WORKER_MAX_RESTARTS",
+        "--worker-max-restarts",
+        "Failed starts in a row before a worker is given up",
+    ),
+    _o("log_format", "LOG_FORMAT", "--log-format", "text | json (one object per line, for log shippers)"),
+    _o("access_log", "ACCESS_LOG", "--access-log", "Log one line per API request"),
 )
 
 _BY_FIELD = {o.field: o for o in OPTIONS}
