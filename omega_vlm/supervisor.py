@@ -2,7 +2,8 @@
 
 Children run in their own session (Ctrl-C reaches only the supervisor, which stops each child
 once, cleanly) and get SIGTERM if the supervisor itself dies. A worker that exits is restarted
-with backoff; if the API exits, everything stops.
+with backoff, up to `max_restarts` failures in a row (then it is given up: the API answers 503
+with the reason its last start recorded); if the API exits, everything stops.
 """
 
 from __future__ import annotations
@@ -39,21 +40,28 @@ class Child:
     restart: bool = True
     stop_stage: int = 1  # stopped in ascending stages: 0 the API, 1 workers, 2 the private Redis
     process: subprocess.Popen[bytes] | None = None
+    pass_fds: tuple[int, ...] = ()  # inherited descriptors (the API's listening socket)
     failures: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+    given_up: bool = False
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], env: dict[str, str], grace_s: float = 30.0) -> None:
+    def __init__(
+        self, children: list[Child], env: dict[str, str], grace_s: float = 30.0, max_restarts: int | None = None
+    ) -> None:
         self.children = children
         self.env = env
         self.grace_s = grace_s
+        self.max_restarts = max_restarts  # None: restart forever
         self.stopping = threading.Event()
         self.exit_code = 0
 
     def start(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+        child.process = subprocess.Popen(
+            child.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent, pass_fds=child.pass_fds
+        )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
@@ -63,6 +71,8 @@ class Supervisor:
 
     def _check(self, child: Child) -> None:
         process = child.process
+        if child.given_up:
+            return
         if process is None:
             if time.monotonic() >= child.next_start:
                 self.start(child)
@@ -79,6 +89,16 @@ class Supervisor:
             self.stopping.set()
             return
         child.failures += 1
+        if self.max_restarts is not None and child.failures > self.max_restarts:
+            child.given_up = True
+            log.error(
+                "%s exited with code %s after %d failed starts in a row; not restarting it (WORKER_MAX_RESTARTS=%d)",
+                child.name,
+                code,
+                child.failures,
+                self.max_restarts,
+            )
+            return
         delay = min(30.0, 0.5 * 2 ** (child.failures - 1))
         child.next_start = time.monotonic() + delay
         log.warning("%s exited with code %s; restarting in %.1f s", child.name, code, delay)
@@ -99,6 +119,10 @@ class Supervisor:
             while not self.stopping.wait(0.25):
                 for child in self.children:
                     self._check(child)
+                if all(c.given_up for c in self.children):  # a worker-only supervisor with nothing left
+                    log.error("every process was given up; stopping")
+                    self.exit_code = 1
+                    break
                 if on_tick is not None:
                     on_tick()
         finally:

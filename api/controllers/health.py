@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from api.fleet_view import QueueLoad
 from api.services import Services, get_services
-from shared import keys
+from shared import keys, load_failures
 from shared.errors import ServiceError
 from shared.fleet import WorkerInfo
 
@@ -83,6 +83,14 @@ def _worker_report(load: QueueLoad, now: float) -> WorkerReport:
     )
 
 
+async def _recorded_load_failure(svc: Services) -> str | None:
+    """Why no worker could load the model, after the failed workers' own records expired."""
+    try:
+        return await load_failures.latest(svc.redis)
+    except (RedisError, TimeoutError):
+        return None
+
+
 async def build_report(svc: Services) -> HealthReport:
     s = svc.settings
     redis_state = "ok"
@@ -98,7 +106,8 @@ async def build_report(svc: Services) -> HealthReport:
     except ServiceError:
         blob_state = "unavailable"
     ready = [w for w in workers if w.ready]
-    failed = [w for w in workers if w.state == "failed"]
+    failed = [w for w in workers if w.state == "failed" or (w.state == "loading" and w.error)]
+    startup_error = await _recorded_load_failure(svc) if not ready and not failed else None
     card = ready[0].model if ready else None
     demo = card.demo if card else s.uses_demo_model
     now = time.time()
@@ -112,8 +121,8 @@ async def build_report(svc: Services) -> HealthReport:
         visible_cuda_devices=sum(1 for w in ready if w.device.startswith("cuda")),
         queues=[q.waiting for q in loads],
         ready=bool(ready) and redis_state == "ok" and blob_state == "ok",
-        startup_ok=not failed,
-        startup_error=failed[0].error if failed else None,
+        startup_ok=not failed and startup_error is None,
+        startup_error=failed[0].error if failed else startup_error,
         overloaded=bool(loads) and all(q.waiting >= s.max_queue_size for q in loads),
         max_queue_size=s.max_queue_size,
         dtype=card.dtype if card else None,
