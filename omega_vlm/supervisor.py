@@ -2,8 +2,10 @@
 
 Children run in their own session (Ctrl-C reaches only the supervisor, which stops each child
 once, cleanly) and get SIGTERM if the supervisor itself dies. A worker that exits is restarted
-with backoff, up to `max_restarts` failures in a row (then it is given up: the API answers 503
-with the reason its last start recorded); if the API exits, everything stops.
+with backoff; one that failed to *start* (exit code EXIT_START_FAILED: the model did not load)
+`max_restarts` times in a row is given up, and the API answers 503 with the reason its last
+start recorded. Crashes of a running worker are restarted without limit. If the API exits,
+everything stops.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
+
+from shared.load_failures import EXIT_START_FAILED
 
 log = logging.getLogger("omega.up")
 
@@ -41,7 +45,8 @@ class Child:
     stop_stage: int = 1  # stopped in ascending stages: 0 the API, 1 workers, 2 the private Redis
     process: subprocess.Popen[bytes] | None = None
     pass_fds: tuple[int, ...] = ()  # inherited descriptors (the API's listening socket)
-    failures: int = 0
+    failures: int = 0  # exits in a row, for the backoff
+    failed_starts: int = 0  # EXIT_START_FAILED exits in a row, for giving up
     next_start: float = 0.0
     started_at: float = field(default=0.0)
     given_up: bool = False
@@ -80,7 +85,7 @@ class Supervisor:
         code = process.poll()
         if code is None:
             if time.monotonic() - child.started_at > 60:
-                child.failures = 0  # it has been healthy for a while
+                child.failures = child.failed_starts = 0  # it has been healthy for a while
             return
         child.process = None
         if child.essential or not child.restart:
@@ -89,13 +94,13 @@ class Supervisor:
             self.stopping.set()
             return
         child.failures += 1
-        if self.max_restarts is not None and child.failures > self.max_restarts:
+        child.failed_starts = child.failed_starts + 1 if code == EXIT_START_FAILED else 0
+        if self.max_restarts is not None and child.failed_starts > self.max_restarts:
             child.given_up = True
             log.error(
-                "%s exited with code %s after %d failed starts in a row; not restarting it (WORKER_MAX_RESTARTS=%d)",
+                "%s failed to start %d times in a row; not restarting it (WORKER_MAX_RESTARTS=%d)",
                 child.name,
-                code,
-                child.failures,
+                child.failed_starts,
                 self.max_restarts,
             )
             return

@@ -99,7 +99,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         member.update(state="failed", error=reason)
         member.stop()
         _record_failure(redis, worker_id, reason)
-        return 1
+        return load_failures.EXIT_START_FAILED
     progress(f"{tag} Ready.")
     if loaded.card.demo:
         log.warning("serving the generated DEMO model: random weights, its output is meaningless")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from omega_vlm.preflight import PreflightError, bind_listener, check_model_path
+from shared.load_failures import EXIT_START_FAILED
 from shared.settings_sources import load_settings
 from tests.support.procs import ROOT, free_port
 
@@ -95,26 +96,45 @@ def test_model_path_rules(tmp_path: Path) -> None:
             check_model_path(load_settings(environ={"MODEL_PATH": bad}))
 
 
+# A child that appends its exit code to a file, then exits with the codes listed, in turn.
 SUPERVISE = """
 import sys
 from omega_vlm.supervisor import Child, Supervisor
-crash = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('x'); sys.exit(3)", sys.argv[1]]
-sys.exit(Supervisor([Child(name="worker", argv=crash)], {}, max_restarts=int(sys.argv[2])).run())
+codes = sys.argv[3]
+child = (
+    "import sys; log = open(sys.argv[1], 'a+'); log.seek(0); n = len(log.read());"
+    "code = int(sys.argv[2][min(n, len(sys.argv[2]) - 1)]); log.write(str(code)); sys.exit(code)"
+)
+worker = Child(name="worker", argv=[sys.executable, "-c", child, sys.argv[1], codes])
+sys.exit(Supervisor([worker], {}, max_restarts=int(sys.argv[2])).run())
 """
 
 
-def test_worker_restarts_back_off_and_stop_after_max_restarts(tmp_path: Path) -> None:
+def supervise(tmp_path: Path, max_restarts: int, codes: str) -> tuple[subprocess.CompletedProcess[str], str, float]:
     starts = tmp_path / "starts"
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-c", SUPERVISE, str(starts), "2"],
+        [sys.executable, "-c", SUPERVISE, str(starts), str(max_restarts), codes],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
     )
-    elapsed = time.monotonic() - started
+    return result, starts.read_text(), time.monotonic() - started
+
+
+def test_failed_starts_back_off_and_stop_after_max_restarts(tmp_path: Path) -> None:
+    result, starts, elapsed = supervise(tmp_path, 2, str(EXIT_START_FAILED))
     assert result.returncode == 1
-    assert starts.read_text() == "xxx"  # the first start and 2 restarts
+    assert starts == str(EXIT_START_FAILED) * 3  # the first start and 2 restarts
     assert elapsed >= 1.5  # backoff: 0.5 s, then 1 s
-    assert "not restarting it (WORKER_MAX_RESTARTS=2)" in result.stderr
+    assert "failed to start 3 times in a row; not restarting it (WORKER_MAX_RESTARTS=2)" in result.stderr
+
+
+def test_crashes_of_a_running_worker_do_not_count_as_failed_starts(tmp_path: Path) -> None:
+    # A failed start, a crash (exit 9: it had started), then failed starts: the crash resets the
+    # count, so with WORKER_MAX_RESTARTS=1 the supervisor gives up at the second failure after it.
+    f = str(EXIT_START_FAILED)
+    result, starts, _ = supervise(tmp_path, 1, f + "9" + f)
+    assert result.returncode == 1
+    assert starts == f + "9" + f + f
