@@ -78,16 +78,16 @@ class ImageIntake:
                     code="remote_images_disabled",
                 )
 
-    async def store_all(self, refs: Sequence[ImageRef], *, batch: bool = False) -> list[str]:
+    async def store_all(self, refs: Sequence[ImageRef], *, batch_id: str | None = None) -> list[str]:
         """Digests of the stored images, in request order.
 
         All images are fetched and probed before any is stored, so a request over its pixel
-        budget stores nothing. At most IMAGE_FETCH_PER_REQUEST are fetched at once, and batch
-        work fetches within its share of the pool (api/remote_fetch.py).
+        budget stores nothing. At most IMAGE_FETCH_PER_REQUEST are fetched at once, and a batch
+        line (`batch_id`) fetches within its batch's share of the pool (api/fetch_shares.py).
         """
         self.check_refs(refs)
         slots = asyncio.Semaphore(self.settings.image_fetch_per_request)
-        probed = await asyncio.gather(*(self._load(ref, slots, batch) for ref in refs))
+        probed = await asyncio.gather(*(self._load(ref, slots, batch_id) for ref in refs))
         self._check_budget(refs, [pixels for _, pixels in probed])
         stored = (anyio.to_thread.run_sync(put_image, self.store, data) for data, _ in probed)
         return list(await asyncio.gather(*stored))
@@ -104,13 +104,13 @@ class ImageIntake:
                     code="request_pixels_exceeded",
                 )
 
-    async def _load(self, ref: ImageRef, slots: asyncio.Semaphore, batch: bool) -> tuple[bytes, int]:
+    async def _load(self, ref: ImageRef, slots: asyncio.Semaphore, batch_id: str | None) -> tuple[bytes, int]:
         """(bytes, pixels) of one image, checked but not stored."""
         if ref.source[:5].lower() == "data:":
             data = decode_data_url(ref, self.settings.max_image_bytes)
         else:
             async with slots:
-                data = await self.fetcher.fetch(ref.source, ref.param, batch=batch)
+                data = await self.fetcher.fetch(ref.source, ref.param, batch_id=batch_id)
         if len(data) > self.settings.max_image_bytes:
             raise PayloadTooLarge(
                 f"the image is larger than MAX_IMAGE_BYTES={self.settings.max_image_bytes}", param=ref.param

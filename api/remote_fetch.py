@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import re
@@ -26,6 +25,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import httpcore
 
 from api.address_policy import AddressPolicy
+from api.fetch_shares import FetchShares
 from shared.errors import BadGateway, GatewayTimeout, InvalidRequest, PayloadTooLarge, ServiceError
 from shared.settings import Settings
 
@@ -169,12 +169,12 @@ class RemoteImageFetcher:
             keepalive_expiry=30,
             retries=0,
         )
-        self.batch_slots = asyncio.Semaphore(max(1, int(size * settings.image_fetch_batch_share)))
+        self.shares = FetchShares(size, settings.image_fetch_batch_share)
 
-    async def fetch(self, url: str, param: str | None = None, *, batch: bool = False) -> bytes:
-        """The image's bytes. Batch work first waits for a batch slot (not counted in the deadline),
-        so however much of it is queued, the rest of the pool stays free for interactive requests."""
-        async with self.batch_slots if batch else contextlib.nullcontext():
+    async def fetch(self, url: str, param: str | None = None, *, batch_id: str | None = None) -> bytes:
+        """The image's bytes. A batch line's fetch first waits for its batch's share of the pool
+        (api/fetch_shares.py), so the rest stays free for interactive requests and other batches."""
+        async with self.shares.slot(batch_id):
             return await self._fetch(url, param)
 
     async def _fetch(self, url: str, param: str | None) -> bytes:

@@ -192,7 +192,8 @@ def test_check_url_refuses_bad_hosts_with_a_400(url: str) -> None:
 
 
 def test_batch_fetches_hold_only_their_share_of_the_pool(server: str) -> None:
-    """Slow batch fetches fill their share; an interactive fetch still gets a connection at once."""
+    """One batch's slow fetches fill its share; an interactive fetch and another batch's fetch
+    still get a connection at once (the review: one batch made every interactive image time out)."""
     settings = load_settings(
         environ={
             "IMAGE_FETCH_ALLOW_NETWORKS": ALLOW_NETWORK,
@@ -202,20 +203,25 @@ def test_batch_fetches_hold_only_their_share_of_the_pool(server: str) -> None:
         }
     )
 
-    async def run() -> float:
+    async def timed(fetcher: RemoteImageFetcher, batch_id: str | None) -> float:
+        started = time.monotonic()
+        assert await fetcher.fetch(f"{server}/ok", "p", batch_id=batch_id) == b"image-bytes"
+        return time.monotonic() - started
+
+    async def run() -> tuple[float, float]:
         fetcher = RemoteImageFetcher(settings)
         try:
-            slow = [asyncio.create_task(fetcher.fetch(f"{server}/slow", "p", batch=True)) for _ in range(8)]
-            await asyncio.sleep(0.3)  # the batch fetches have taken what they may
-            started = time.monotonic()
-            assert await fetcher.fetch(f"{server}/ok", "p") == b"image-bytes"
-            elapsed = time.monotonic() - started
+            slow = [asyncio.create_task(fetcher.fetch(f"{server}/slow", "p", batch_id="big")) for _ in range(8)]
+            await asyncio.sleep(0.3)  # the big batch has taken what it may
+            interactive, other_batch = await timed(fetcher, None), await timed(fetcher, "small")
             for task in slow:
                 task.cancel()
             await asyncio.gather(*slow, return_exceptions=True)
-            return elapsed
+            assert fetcher.shares._per_batch == {}  # nothing kept for batches that are done
+            return interactive, other_batch
         finally:
             await fetcher.close()
 
     # Without shares the 8 slow fetches would hold all 4 connections for 2 s.
-    assert asyncio.run(run()) < 1.0
+    interactive, other_batch = asyncio.run(run())
+    assert interactive < 1.0 and other_batch < 1.0
