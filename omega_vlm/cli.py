@@ -83,6 +83,14 @@ def _ensure_demo(settings: Settings) -> None:
         ensure_demo_model(settings.demo_model_dir)
 
 
+def _say(settings: Settings, line: str) -> None:
+    """The seeds' bare "[server] …" lines on stdout; a JSON log record with LOG_FORMAT=json."""
+    if settings.log_format == "json":
+        log.info(line)
+    else:
+        print(line, flush=True)
+
+
 def _announce_when_ready(settings: Settings, stop: threading.Event, listener: socket.socket) -> None:
     """The seeds' readiness line, once the API answers /readyz (or a worker failed to start).
 
@@ -102,16 +110,16 @@ def _announce_when_ready(settings: Settings, stop: threading.Event, listener: so
             continue
         listener.close()
         if report.get("ready"):
-            print(f"[server] Ready. Health: {health}", flush=True)
+            _say(settings, f"[server] Ready. Health: {health}")
             if report.get("demo_model"):
-                print(
+                _say(
+                    settings,
                     "[server] Serving the generated demo model: its output is meaningless. "
                     "Set MODEL_PATH to a model folder for real answers.",
-                    flush=True,
                 )
             return
         if report.get("startup_error"):
-            print(f"[server] Not ready (degraded). Health: {health} Error: {report['startup_error']}", flush=True)
+            _say(settings, f"[server] Not ready (degraded). Health: {health} Error: {report['startup_error']}")
             return
 
 
@@ -131,6 +139,8 @@ def _up_listening(settings: Settings, listener: socket.socket) -> int:
     children: list[Child] = []
     if not redis_server.reachable(settings.redis_url):
         argv, url = redis_server.private_redis_plan(settings.redis_url, settings.data_path)
+        if settings.log_format == "json":  # redis-server has one log format of its own: keep it apart
+            argv += ["--logfile", str((settings.data_path / "redis" / "redis-server.log").resolve())]
         children.append(Child(name="redis-server", argv=argv, essential=True, stop_stage=2))
         settings = msgspec.structs.replace(settings, redis_url=url)
         log.info("REDIS_URL does not answer: starting a private redis-server at %s", url)
