@@ -193,9 +193,9 @@ def _supervisor(children: list[Child], settings: Settings) -> Supervisor:
 
 
 def _api(settings: Settings, listen_fd: int | None) -> int:
-    from api.server import run_api
-
     listener = adopt_listener(listen_fd) if listen_fd is not None else bind_listener(settings.host, settings.port)
+    from api.server import run_api  # after the bind: a taken port is reported before the slow imports
+
     try:
         return run_api(settings, listener)
     finally:
