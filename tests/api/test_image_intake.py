@@ -1,9 +1,12 @@
-"""Image intake's shape limits: the aspect-ratio cap and the per-request pixel budget."""
+"""Image intake's limits: the aspect-ratio cap, the per-request pixel budget and fetch share."""
 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from api.remote_fetch import RemoteImageFetcher
 from shared.blob_local import LocalBlobStore
 from shared.errors import ServiceError
 from shared.settings_sources import load_settings
-from tests.support.images import data_url, image_bytes
+from tests.support.images import ALLOW_NETWORK, HOST_IP, data_url, image_bytes
 
 
 def strip_png(width: int, height: int) -> bytes:
@@ -75,3 +78,49 @@ def test_request_pixel_budget_counts_every_image_and_stores_none(tmp_path: Path)
     assert stored_blobs(tmp_path) == []
     assert len(store(tmp_path, images, MAX_REQUEST_PIXELS="30000")) == 3
     assert len(store(tmp_path, images, MAX_REQUEST_PIXELS="0")) == 3  # 0 = no limit
+
+
+class CountingHost(http.server.BaseHTTPRequestHandler):
+    """Serves one small PNG slowly and records how many requests were in flight at most."""
+
+    lock = threading.Lock()
+    in_flight = 0
+    most = 0
+
+    def do_GET(self) -> None:
+        with CountingHost.lock:
+            CountingHost.in_flight += 1
+            CountingHost.most = max(CountingHost.most, CountingHost.in_flight)
+        time.sleep(0.3)
+        body = image_bytes("PNG", (8, 8))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        with CountingHost.lock:
+            CountingHost.in_flight -= 1
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_one_request_fetches_at_most_its_share_of_images_at_once(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer((HOST_IP, 0), CountingHost)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = load_settings(environ={"IMAGE_FETCH_ALLOW_NETWORKS": ALLOW_NETWORK, "IMAGE_FETCH_PER_REQUEST": "2"})
+
+    async def run() -> list[str]:
+        fetcher = RemoteImageFetcher(settings)
+        try:
+            intake = ImageIntake(settings, LocalBlobStore(tmp_path / "blobs"), fetcher)
+            base = f"http://{HOST_IP}:{server.server_address[1]}"
+            return await intake.store_all([ImageRef(f"{base}/{i}.png", f"p{i}") for i in range(6)])
+        finally:
+            await fetcher.close()
+
+    try:
+        assert len(asyncio.run(run())) == 6
+    finally:
+        server.shutdown()
+    assert CountingHost.most == 2  # 10 slow URLs in one request no longer take 10 connections
