@@ -87,4 +87,5 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=_openapi(settings),
         request_max_body_size=settings.max_request_bytes,
         debug=False,  # never put tracebacks in responses, even with DEBUG=1 (they go to the log)
+        logging_config=None,  # shared/logs.py configured logging: one format (LOG_FORMAT) for all
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 
+from omega_vlm.preflight import PreflightError, adopt_listener, bind_listener, check_model_path
 from omega_vlm.supervisor import Child, Supervisor, child_env, python_argv
 from shared.logs import configure_logging
 from shared.settings import Settings
@@ -32,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", parents=[settings_flags], help="Redis (if needed), the API and one worker per device")
-    sub.add_parser("api", parents=[settings_flags], help="the HTTP API only")
+    api = sub.add_parser("api", parents=[settings_flags], help="the HTTP API only")
+    api.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # from `up`
     worker = sub.add_parser("worker", parents=[settings_flags], help="worker process(es) only")
     worker.add_argument(
         "--device", help="run one worker on this device (cpu, cuda:0, ...); default: one process per selected device"
@@ -80,50 +83,78 @@ def _ensure_demo(settings: Settings) -> None:
         ensure_demo_model(settings.demo_model_dir)
 
 
-def _announce_when_ready(settings: Settings, stop: threading.Event) -> None:
-    """The seeds' readiness line, once the API answers /readyz (or a worker failed to start)."""
+def _say(settings: Settings, line: str) -> None:
+    """The seeds' bare "[server] …" lines on stdout; a JSON log record with LOG_FORMAT=json."""
+    if settings.log_format == "json":
+        log.info(line)
+    else:
+        print(line, flush=True)
+
+
+def _announce_when_ready(settings: Settings, stop: threading.Event, listener: socket.socket) -> None:
+    """The seeds' readiness line, once the API answers /readyz (or a worker failed to start).
+
+    The port is our own listener (bound before anything started), so the answer is our API's.
+    Once it answers, this process closes its copy of the socket: after the API stops, new
+    connections are refused rather than left waiting while the workers finish.
+    """
     import httpx
 
     host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    probe = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, host)
     health = f"http://{host}:{settings.port}/health"
     while not stop.wait(0.5):
         try:
-            report = httpx.get(health, timeout=2).json()
+            report = httpx.get(f"http://{probe}:{settings.port}/health", timeout=2).json()
         except (httpx.HTTPError, ValueError):
             continue
+        listener.close()
         if report.get("ready"):
-            print(f"[server] Ready. Health: {health}", flush=True)
+            _say(settings, f"[server] Ready. Health: {health}")
             if report.get("demo_model"):
-                print(
+                _say(
+                    settings,
                     "[server] Serving the generated demo model: its output is meaningless. "
                     "Set MODEL_PATH to a model folder for real answers.",
-                    flush=True,
                 )
             return
         if report.get("startup_error"):
-            print(f"[server] Not ready (degraded). Health: {health} Error: {report['startup_error']}", flush=True)
+            _say(settings, f"[server] Not ready (degraded). Health: {health} Error: {report['startup_error']}")
             return
 
 
 def _up(settings: Settings) -> int:
+    check_model_path(settings)
+    listener = bind_listener(settings.host, settings.port)  # before anything starts: a taken port ends here
+    try:
+        return _up_listening(settings, listener)
+    finally:
+        listener.close()
+
+
+def _up_listening(settings: Settings, listener: socket.socket) -> int:
     from omega_vlm import redis_server
 
     settings = _apply_transformers_override(settings)
     children: list[Child] = []
     if not redis_server.reachable(settings.redis_url):
         argv, url = redis_server.private_redis_plan(settings.redis_url, settings.data_path)
+        if settings.log_format == "json":  # redis-server has one log format of its own: keep it apart
+            argv += ["--logfile", str((settings.data_path / "redis" / "redis-server.log").resolve())]
         children.append(Child(name="redis-server", argv=argv, essential=True, stop_stage=2))
         settings = msgspec.structs.replace(settings, redis_url=url)
         log.info("REDIS_URL does not answer: starting a private redis-server at %s", url)
     _ensure_demo(settings)
     children += _worker_children(settings)
-    children.append(Child(name="api", argv=python_argv("api"), essential=True, stop_stage=0))
-    supervisor = Supervisor(children, child_env(settings_to_env(settings)), grace_s=settings.worker_stop_grace_s)
+    fd = listener.fileno()
+    api_argv = python_argv("api", "--listen-fd", str(fd))
+    children.append(Child(name="api", argv=api_argv, essential=True, stop_stage=0, pass_fds=(fd,)))
+    supervisor = _supervisor(children, settings)
     if children[0].name == "redis-server":
         supervisor.start(children[0])  # workers and API need it answering first
         redis_server.wait_until_reachable(settings.redis_url)
     announced = threading.Event()
-    threading.Thread(target=_announce_when_ready, args=(settings, announced), daemon=True).start()
+    threading.Thread(target=_announce_when_ready, args=(settings, announced, listener), daemon=True).start()
     try:
         return supervisor.run()
     finally:
@@ -143,6 +174,7 @@ def _apply_transformers_override(settings: Settings) -> Settings:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.runtime_env import prepare_worker_env
 
+    check_model_path(settings)
     settings = _apply_transformers_override(settings)
     prepare_worker_env(settings)
     if args.device:
@@ -152,8 +184,22 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
         return run_worker(settings, torch.device(args.device), args.worker_index, args.cpu_threads)
     _ensure_demo(settings)
+    return _supervisor(_worker_children(settings), settings).run()
+
+
+def _supervisor(children: list[Child], settings: Settings) -> Supervisor:
     env = child_env(settings_to_env(settings))
-    return Supervisor(_worker_children(settings), env, grace_s=settings.worker_stop_grace_s).run()
+    return Supervisor(children, env, grace_s=settings.worker_stop_grace_s, max_restarts=settings.worker_max_restarts)
+
+
+def _api(settings: Settings, listen_fd: int | None) -> int:
+    listener = adopt_listener(listen_fd) if listen_fd is not None else bind_listener(settings.host, settings.port)
+    from api.server import run_api  # after the bind: a taken port is reported before the slow imports
+
+    try:
+        return run_api(settings, listener)
+    finally:
+        listener.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,18 +213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"omega-vlm: {exc}", file=sys.stderr)
         return 2
-    if args.command == "api":
-        from api.server import run_api
+    from workers.runtime_env import TransformersInstallError
 
-        return run_api(settings)
-    if args.command == "worker":
-        from workers.runtime_env import TransformersInstallError
-
-        try:
+    try:
+        if args.command == "api":
+            return _api(settings, args.listen_fd)
+        if args.command == "worker":
             return _worker(settings, args)
-        except TransformersInstallError as exc:  # a plain line, not a traceback
-            print(f"omega-vlm: {exc}", file=sys.stderr)
-            return 2
+    except (PreflightError, TransformersInstallError) as exc:  # a plain line, not a traceback
+        print(f"omega-vlm: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings, args.command)
     try:
         if args.command == "make-demo-model":

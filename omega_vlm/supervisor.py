@@ -2,7 +2,10 @@
 
 Children run in their own session (Ctrl-C reaches only the supervisor, which stops each child
 once, cleanly) and get SIGTERM if the supervisor itself dies. A worker that exits is restarted
-with backoff; if the API exits, everything stops.
+with backoff; one that failed to *start* (exit code EXIT_START_FAILED: the model did not load)
+`max_restarts` times in a row is given up, and the API answers 503 with the reason its last
+start recorded. Crashes of a running worker are restarted without limit. If the API exits,
+everything stops.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
+
+from shared.load_failures import EXIT_START_FAILED
 
 log = logging.getLogger("omega.up")
 
@@ -39,21 +44,29 @@ class Child:
     restart: bool = True
     stop_stage: int = 1  # stopped in ascending stages: 0 the API, 1 workers, 2 the private Redis
     process: subprocess.Popen[bytes] | None = None
-    failures: int = 0
+    pass_fds: tuple[int, ...] = ()  # inherited descriptors (the API's listening socket)
+    failures: int = 0  # exits in a row, for the backoff
+    failed_starts: int = 0  # EXIT_START_FAILED exits in a row, for giving up
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+    given_up: bool = False
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], env: dict[str, str], grace_s: float = 30.0) -> None:
+    def __init__(
+        self, children: list[Child], env: dict[str, str], grace_s: float = 30.0, max_restarts: int | None = None
+    ) -> None:
         self.children = children
         self.env = env
         self.grace_s = grace_s
+        self.max_restarts = max_restarts  # None: restart forever
         self.stopping = threading.Event()
         self.exit_code = 0
 
     def start(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+        child.process = subprocess.Popen(
+            child.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent, pass_fds=child.pass_fds
+        )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
@@ -63,6 +76,8 @@ class Supervisor:
 
     def _check(self, child: Child) -> None:
         process = child.process
+        if child.given_up:
+            return
         if process is None:
             if time.monotonic() >= child.next_start:
                 self.start(child)
@@ -70,7 +85,7 @@ class Supervisor:
         code = process.poll()
         if code is None:
             if time.monotonic() - child.started_at > 60:
-                child.failures = 0  # it has been healthy for a while
+                child.failures = child.failed_starts = 0  # it has been healthy for a while
             return
         child.process = None
         if child.essential or not child.restart:
@@ -79,6 +94,16 @@ class Supervisor:
             self.stopping.set()
             return
         child.failures += 1
+        child.failed_starts = child.failed_starts + 1 if code == EXIT_START_FAILED else 0
+        if self.max_restarts is not None and child.failed_starts > self.max_restarts:
+            child.given_up = True
+            log.error(
+                "%s failed to start %d times in a row; not restarting it (WORKER_MAX_RESTARTS=%d)",
+                child.name,
+                child.failed_starts,
+                self.max_restarts,
+            )
+            return
         delay = min(30.0, 0.5 * 2 ** (child.failures - 1))
         child.next_start = time.monotonic() + delay
         log.warning("%s exited with code %s; restarting in %.1f s", child.name, code, delay)
@@ -99,6 +124,10 @@ class Supervisor:
             while not self.stopping.wait(0.25):
                 for child in self.children:
                     self._check(child)
+                if all(c.given_up for c in self.children):  # a worker-only supervisor with nothing left
+                    log.error("every process was given up; stopping")
+                    self.exit_code = 1
+                    break
                 if on_tick is not None:
                     on_tick()
         finally:

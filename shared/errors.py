@@ -99,6 +99,14 @@ class ServiceUnavailable(ServiceError):
     default_retry_after_s = 2
 
 
+class BadGateway(ServiceError):
+    """An upstream the service depends on for this request (e.g. an image host) failed: retryable."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    default_retry_after_s = 1
+
+
 class GatewayTimeout(ServiceError):
     status_code = 504
     error_type = "timeout_error"
@@ -118,6 +126,7 @@ _BY_STATUS: dict[int, type[ServiceError]] = {
     409: Conflict,
     413: PayloadTooLarge,
     422: UnprocessableEntity,
+    502: BadGateway,
     503: ServiceUnavailable,
     504: GatewayTimeout,
 }

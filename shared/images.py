@@ -46,8 +46,14 @@ def _refused_format(data: bytes) -> str | None:
     return None
 
 
-def probe_image(data: bytes, *, max_pixels: int, param: str | None = None) -> tuple[str, int, int]:
-    """(format, width, height) from the header, or ImageRejected. Does not decode pixels."""
+def probe_image(
+    data: bytes, *, max_pixels: int, param: str | None = None, max_aspect: float | None = None
+) -> tuple[str, int, int]:
+    """(format, width, height) from the header, or ImageRejected. Does not decode pixels.
+
+    `max_aspect` bounds longest side / shortest side: a 1 x 40,000,000 strip passes a pixel cap
+    yet costs the worker as much memory as a 6,000 x 6,000 photo, and VLM resizers refuse it.
+    """
     allowed = ", ".join(sorted(ALLOWED_FORMATS))
     refused = _refused_format(data)
     if refused:
@@ -75,12 +81,18 @@ def probe_image(data: bytes, *, max_pixels: int, param: str | None = None) -> tu
             param=param,
             code="image_too_large",
         )
+    if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
+        raise ImageRejected(
+            f"image is {width}x{height} pixels, an aspect ratio over MAX_IMAGE_ASPECT_RATIO={max_aspect:g}:1",
+            param=param,
+            code="image_aspect_ratio",
+        )
     return fmt, width, height
 
 
-def decode_image(data: bytes, *, max_side: int, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, *, max_side: int, max_pixels: int, max_aspect: float | None = None) -> Image.Image:
     """Decoded RGB image: header re-checked, EXIF orientation applied, longest side <= max_side."""
-    probe_image(data, max_pixels=max_pixels)
+    probe_image(data, max_pixels=max_pixels, max_aspect=max_aspect)
     try:
         opened = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
         if opened.format == "JPEG":

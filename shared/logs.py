@@ -1,11 +1,18 @@
-"""Logging set-up per process: LOG_LEVEL, DEBUG, PROGRESS_LOGS and REDACT_SOURCE."""
+"""Logging set-up per process: LOG_LEVEL, LOG_FORMAT, DEBUG, PROGRESS_LOGS and REDACT_SOURCE.
+
+Every process of the service (supervisor, API with uvicorn's own loggers, workers with rq's)
+logs through the root handler set here, so one format covers them all: text lines, or with
+LOG_FORMAT=json one JSON object per line for log shippers.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from types import TracebackType
 
 from shared.settings import Settings
@@ -13,19 +20,45 @@ from shared.settings import Settings
 PROGRESS = "omega.progress"
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, process, pid, logger, message."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self.process = process
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "process": self.process,
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def _formatter(settings: Settings, process: str) -> logging.Formatter:
+    if settings.log_format == "json":
+        return JsonFormatter(process)
+    return logging.Formatter(f"%(asctime)s %(levelname)s [{process}] %(name)s: %(message)s")
+
+
 def configure_logging(settings: Settings, process: str) -> None:
     name = settings.effective_log_level
     level = logging.DEBUG if name in ("debug", "trace") else getattr(logging, name.upper())
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        force=True,
-        format=f"%(asctime)s %(levelname)s [{process}] %(name)s: %(message)s",
-    )
-    # Progress lines are the seeds' bare "[startup] ..." / "[req] ..." lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_formatter(settings, process))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # Python warnings in the same format, not bare on stderr
+    # Progress lines are the seeds' bare "[startup] ..." / "[req] ..." lines (JSON objects too
+    # with LOG_FORMAT=json).
     progress = logging.getLogger(PROGRESS)
     progress.propagate = False
-    progress.handlers = [_bare_handler()]
+    progress.handlers = [handler if settings.log_format == "json" else _bare_handler()]
     progress.setLevel(logging.INFO if settings.progress_logs or settings.debug else logging.WARNING)
     for noisy in ("httpx", "httpcore", "botocore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if settings.debug else logging.WARNING)

@@ -212,6 +212,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_heartbeat_s: Annotated[PositiveFloat, Opt("Worker heartbeat period")] = 2.0
     worker_ttl_s: Annotated[PositiveFloat, Opt("Heartbeat age after which a worker is dead")] = 10.0
 
+    # --- hardening (issue 12): fetch fairness, image shape, start-up, logs -------------------
+    # Connections of the remote-image fetch pool; the share of it batch lines may hold at once;
+    # how many images of one request (or batch line) are fetched at once.
+    image_fetch_pool_size: Annotated[PositiveInt, Opt("Remote image connections")] = 64
+    image_fetch_batch_share: Annotated[
+        float, Meta(gt=0, le=1), Opt("Share of the image fetch pool batch work may hold (0-1]")
+    ] = 0.5
+    image_fetch_per_request: Annotated[PositiveInt, Opt("Images of one request fetched at once")] = 4
+    # Longest side over shortest side of one image (Qwen2-VL's resizer refuses over 200), and the
+    # pixels of all images of one request together (0 = no limit).
+    max_image_aspect_ratio: Annotated[
+        float, Meta(ge=1), Opt("Longest over shortest side of an image (400 above)")
+    ] = 200.0
+    max_request_pixels: Annotated[NonNegInt, Opt("Pixels of all images of a request")] = 100_000_000
+    # Consecutive failed starts after which `up`/`worker` stop restarting a worker.
+    worker_max_restarts: Annotated[NonNegInt, Opt("Failed starts in a row before a worker is given up")] = 5
+    log_format: Annotated[
+        Literal["text", "json"], Opt("text | json (one object per line, for log shippers)")
+    ] = "text"
+    access_log: Annotated[bool, Opt("Log one line per API request")] = False
+
     def __repr__(self) -> str:
         parts = []
         for name in self.__struct_fields__:

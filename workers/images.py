@@ -71,7 +71,12 @@ class ImageLoader:
             return cached
         try:
             data = get_image(self.store, digest)
-            image = decode_image(data, max_side=self.settings.max_image_size, max_pixels=self.settings.max_image_pixels)
+            image = decode_image(
+                data,
+                max_side=self.settings.max_image_size,
+                max_pixels=self.settings.max_image_pixels,
+                max_aspect=self.settings.max_image_aspect_ratio,
+            )
         except ServiceError as exc:
             return exc
         self.cache.put(digest, image)

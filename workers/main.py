@@ -12,7 +12,7 @@ import torch
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, load_failures
 from shared.blobstore import create_blob_store
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
@@ -76,6 +76,8 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         state="loading",
         started_at=time.time(),
         heartbeat_at=time.time(),
+        # A restart after a failed start: the API does not route here until this start succeeds.
+        error=_previous_failure(redis, worker_id),
     )
     member = FleetMember(redis, info, period_s=settings.worker_heartbeat_s, ttl_s=settings.worker_ttl_s)
     member.start()
@@ -87,7 +89,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     try:
         if settings.uses_demo_model:
             ensure_demo_model(settings.demo_model_dir)
-        with StartupHeartbeat(settings.progress_logs):
+        with StartupHeartbeat(settings.progress_logs and settings.log_format == "text"):  # dots are not JSON
             loaded = load_model(settings, device, lambda msg: progress(f"{tag} {msg}"))
             engine = Engine(loaded, settings, DeltaPublisher(redis))
             progress(f"{tag} Warmup…")
@@ -95,12 +97,11 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
             progress(f"{tag} torch.compile={'on' if engine.compiled else 'off'}")
     except Exception as exc:
         log.error("worker %s failed to start: %s", worker_id, exc, exc_info=settings.debug)
-        # ModelLoadError messages name the setting to change and honour REDACT_SOURCE themselves:
-        # /health and `up`'s "Not ready" line show them; anything else shows only its type.
-        shown = str(exc) if not settings.redact_source or isinstance(exc, ModelLoadError) else type(exc).__name__
-        member.update(state="failed", error=shown)
+        reason = failure_reason(exc, settings)
+        member.update(state="failed", error=reason)
         member.stop()
-        return 1
+        _record_failure(redis, worker_id, reason)
+        return load_failures.EXIT_START_FAILED
     progress(f"{tag} Ready.")
     if loaded.card.demo:
         log.warning("serving the generated DEMO model: random weights, its output is meaningless")
@@ -122,7 +123,8 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     # waiting jobs to other workers; the micro-batch in hand finishes; SIGTERM then stops the process.
     signal.signal(signal.SIGUSR1, lambda *_: member.update(state="stopping"))
     member.metrics = lambda: publish_metrics(device)
-    member.update(state="ready", model=loaded.card)
+    member.update(state="ready", model=loaded.card, error=None)
+    _clear_failure(redis, worker_id)
     log.info(
         "worker %s ready on queue %s (%s, %s, attn=%s)",
         worker_id,
@@ -136,6 +138,37 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     finally:
         member.leave()
     return 0
+
+
+def failure_reason(exc: Exception, settings: Settings) -> str:
+    """What /health and 503s say. REDACT_SOURCE hides messages that may name paths, except the
+    loader's own plain errors (ModelLoadError names the setting to change and redacts itself)."""
+    if isinstance(exc, ModelLoadError):
+        return str(exc)
+    if not settings.redact_source:
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
+
+
+def _previous_failure(redis: Redis, worker_id: str) -> str | None:
+    try:
+        return load_failures.previous(redis, worker_id)
+    except RedisError:
+        return None
+
+
+def _record_failure(redis: Redis, worker_id: str, reason: str) -> None:
+    try:
+        load_failures.record(redis, worker_id, reason)
+    except RedisError as exc:
+        log.warning("could not record the failed start in Redis: %s", exc)
+
+
+def _clear_failure(redis: Redis, worker_id: str) -> None:
+    try:
+        load_failures.clear(redis, worker_id)
+    except RedisError as exc:
+        log.warning("could not clear the earlier failed start in Redis: %s", exc)
 
 
 def publish_metrics(device: torch.device) -> bytes:

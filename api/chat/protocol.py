@@ -17,6 +17,9 @@ from msgspec import UNSET, Meta, UnsetType
 
 MAX_STOP_STRINGS = 16
 SEED_MAX = 2**63 - 1
+# Token counts and top_k: any larger value means "no limit" to the worker anyway; the bound keeps
+# 2**64 and beyond (which JSON allows) out of msgpack, Redis and torch, as a 400.
+INT32_MAX = 2**31 - 1
 
 
 # --- chat request -------------------------------------------------------------------------
@@ -62,12 +65,12 @@ class ResponseFormat(msgspec.Struct):
 class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     model: str | None = None
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
-    min_tokens: Annotated[int, Meta(ge=0)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1, le=INT32_MAX)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1, le=INT32_MAX)] | None = None
+    min_tokens: Annotated[int, Meta(ge=0, le=INT32_MAX)] | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Meta(ge=-1)] | None = None
+    top_k: Annotated[int, Meta(ge=-1, le=INT32_MAX)] | None = None
     repetition_penalty: Annotated[float, Meta(gt=0, le=2)] | None = None
     presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
@@ -160,12 +163,12 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
 
 # --- /generate (the seeds' simple generation, TGI's shape) -----------------------------------
 class GenerateParameters(msgspec.Struct, kw_only=True):
-    max_new_tokens: Annotated[int, Meta(ge=1)] | None = None
-    min_new_tokens: Annotated[int, Meta(ge=0)] | None = None
+    max_new_tokens: Annotated[int, Meta(ge=1, le=INT32_MAX)] | None = None
+    min_new_tokens: Annotated[int, Meta(ge=0, le=INT32_MAX)] | None = None
     do_sample: bool | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Meta(ge=-1)] | None = None
+    top_k: Annotated[int, Meta(ge=-1, le=INT32_MAX)] | None = None
     repetition_penalty: Annotated[float, Meta(gt=0, le=2)] | None = None
     seed: Annotated[int, Meta(ge=0, le=SEED_MAX)] | None = None
     stop: Annotated[list[str], Meta(max_length=MAX_STOP_STRINGS)] | None = None

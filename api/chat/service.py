@@ -60,7 +60,7 @@ async def build_chat_job(
         # Refuse a full or worker-less service before fetching and storing any image (the
         # enqueue checks again; a text-only request needs only that one check).
         await fleet.check_room()
-    digests = await intake.store_all(refs)
+    digests = await intake.store_all(refs, batch_id=batch_id)
     payload = JobPayload(
         id=job_id or uuid.uuid4().hex,
         kind="chat",

@@ -6,12 +6,23 @@ import time
 
 from redis.asyncio import Redis
 
+from shared import load_failures
 from shared.errors import Overloaded, ServiceUnavailable
 from shared.fleet import WorkerInfo
 from shared.queue.fleet import QueueLoad, read_loads_async, read_workers_async
 from shared.settings import Settings
 
 __all__ = ["FleetView", "QueueLoad"]
+
+
+async def no_worker_error(redis: Redis) -> ServiceUnavailable:
+    """503 at once: with the reason when workers failed to load the model (perhaps never)."""
+    reason = await load_failures.latest(redis)
+    if reason is not None:
+        return ServiceUnavailable(
+            f"no worker could load the model ({reason}); see GET /health", retry_after_s=30, code="model_load_failed"
+        )
+    return ServiceUnavailable("no worker is available yet; retry shortly", retry_after_s=5, code="no_workers")
 
 
 class FleetView:
@@ -45,9 +56,10 @@ class FleetView:
 
     async def candidates(self) -> list[WorkerInfo]:
         """The live workers a job may go to; ServiceUnavailable when there are none."""
-        workers = await self.live_workers()
+        # A worker carrying an error is retrying after a failed start: not routed to until ready.
+        workers = [w for w in await self.live_workers() if w.error is None]
         if not workers:
-            raise ServiceUnavailable("no worker is available yet; retry shortly", retry_after_s=5, code="no_workers")
+            raise await no_worker_error(self.redis)
         return workers
 
     def full(self, loads: list[QueueLoad]) -> Overloaded:

@@ -2,7 +2,8 @@
 
 Everything cheap is checked for every image before anything is fetched (count, scheme, remote
 images allowed); then images are fetched concurrently, their headers probed with Pillow (format
-allow-list, pixel cap) and stored once under their sha256. Workers decode; the API never does.
+allow-list, pixel cap, aspect ratio, the request's pixel budget) and stored once under their
+sha256. Workers decode; the API never does.
 """
 
 from __future__ import annotations
@@ -77,22 +78,46 @@ class ImageIntake:
                     code="remote_images_disabled",
                 )
 
-    async def store_all(self, refs: Sequence[ImageRef]) -> list[str]:
-        """Digests of the stored images, in request order."""
-        self.check_refs(refs)
-        return list(await asyncio.gather(*(self._one(ref) for ref in refs)))
+    async def store_all(self, refs: Sequence[ImageRef], *, batch_id: str | None = None) -> list[str]:
+        """Digests of the stored images, in request order.
 
-    async def _one(self, ref: ImageRef) -> str:
+        All images are fetched and probed before any is stored, so a request over its pixel
+        budget stores nothing. At most IMAGE_FETCH_PER_REQUEST are fetched at once, and a batch
+        line (`batch_id`) fetches within its batch's share of the pool (api/fetch_shares.py).
+        """
+        self.check_refs(refs)
+        slots = asyncio.Semaphore(self.settings.image_fetch_per_request)
+        probed = await asyncio.gather(*(self._load(ref, slots, batch_id) for ref in refs))
+        self._check_budget(refs, [pixels for _, pixels in probed])
+        stored = (anyio.to_thread.run_sync(put_image, self.store, data) for data, _ in probed)
+        return list(await asyncio.gather(*stored))
+
+    def _check_budget(self, refs: Sequence[ImageRef], pixels: Sequence[int]) -> None:
+        budget = self.settings.max_request_pixels
+        total = 0
+        for ref, count in zip(refs, pixels, strict=True):
+            total += count
+            if budget and total > budget:
+                raise InvalidRequest(
+                    f"the request's images have {sum(pixels)} pixels together, more than MAX_REQUEST_PIXELS={budget}",
+                    param=ref.param,
+                    code="request_pixels_exceeded",
+                )
+
+    async def _load(self, ref: ImageRef, slots: asyncio.Semaphore, batch_id: str | None) -> tuple[bytes, int]:
+        """(bytes, pixels) of one image, checked but not stored."""
         if ref.source[:5].lower() == "data:":
             data = decode_data_url(ref, self.settings.max_image_bytes)
         else:
-            data = await self.fetcher.fetch(ref.source, ref.param)
+            async with slots:
+                data = await self.fetcher.fetch(ref.source, ref.param, batch_id=batch_id)
         if len(data) > self.settings.max_image_bytes:
             raise PayloadTooLarge(
                 f"the image is larger than MAX_IMAGE_BYTES={self.settings.max_image_bytes}", param=ref.param
             )
-        return await anyio.to_thread.run_sync(self._check_and_store, data, ref.param)
+        _, width, height = await anyio.to_thread.run_sync(self._probe, data, ref.param)
+        return data, width * height
 
-    def _check_and_store(self, data: bytes, param: str) -> str:
-        probe_image(data, max_pixels=self.settings.max_image_pixels, param=param)
-        return put_image(self.store, data)
+    def _probe(self, data: bytes, param: str) -> tuple[str, int, int]:
+        s = self.settings
+        return probe_image(data, max_pixels=s.max_image_pixels, param=param, max_aspect=s.max_image_aspect_ratio)

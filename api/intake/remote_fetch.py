@@ -2,60 +2,45 @@
 
 - only http and https, no credentials in the URL;
 - the host is resolved here and *every* address must be public (not loopback, private,
-  link-local/metadata, unspecified, shared, multicast, or an IPv4 hidden inside an IPv6 form),
-  unless it lies in IMAGE_FETCH_ALLOW_NETWORKS (empty by default; tests use it);
+  link-local/metadata, unspecified, shared, multicast, or an IPv4 hidden inside an IPv6 form:
+  see api/address_policy.py), unless it lies in IMAGE_FETCH_ALLOW_NETWORKS (empty by default; tests use it);
 - the TCP connection goes to the address that was checked (the check lives in the network
   backend, so DNS rebinding between check and connect is impossible), TLS still verifies the
   host name;
-- every redirect hop is a new request through the same checks; a byte cap and a total deadline.
+- every redirect hop is a new request through the same checks; a byte cap and a total deadline;
+- non-ASCII URLs and Locations are IDNA/percent-encoded, never a 500;
+- the image host's own trouble (timeout, refused, 5xx) is a retryable 502/504, not a 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httpcore
 
-from shared.errors import InvalidRequest, PayloadTooLarge
+from api.intake.address_policy import AddressPolicy
+from api.intake.fetch_shares import FetchShares
+from shared.errors import BadGateway, GatewayTimeout, InvalidRequest, PayloadTooLarge, ServiceError
 from shared.settings import Settings
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _REDIRECTS = {301, 302, 303, 307, 308}
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# RFC 3986 characters left as they are; everything else (non-ASCII, spaces, controls) is
+# percent-encoded as UTF-8, as browsers do. "%" stays so existing escapes are not doubled.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+_HOST_CHARS = re.compile(rb"^[A-Za-z0-9._-]+$")
+# getaddrinfo answers meaning "this name does not exist" (the client's mistake, not retryable).
+_NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
 class BlockedDestination(Exception):
     """The URL's host resolves to an address the service must not connect to."""
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-class AddressPolicy:
-    def __init__(self, allow_networks: Iterable[str]) -> None:
-        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
-
-    def permits(self, ip: IPAddress) -> bool:
-        if any(ip.version == net.version and ip in net for net in self.allow):
-            return True
-        if isinstance(ip, ipaddress.IPv6Address):
-            inner = _embedded_ipv4(ip)
-            if inner is not None:
-                return self.permits(inner)
-        return ip.is_global and not ip.is_multicast
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -106,44 +91,98 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
-def _check_url(url: str, param: str | None) -> tuple[str, bytes]:
-    """(url, Host header) for an http(s) URL without credentials, or a 400."""
+def _bad_url(message: str, param: str | None) -> InvalidRequest:
+    return InvalidRequest(message, param=param, code="invalid_image_url")
+
+
+def _ascii_host(hostname: str, param: str | None) -> bytes:
+    """The host as sent on the wire: IDNA for names, brackets for IPv6 literals."""
+    if ":" in hostname:
+        try:
+            return b"[" + str(ipaddress.IPv6Address(hostname)).encode() + b"]"
+        except ValueError:
+            raise _bad_url("the image URL's host is not a valid IPv6 address", param) from None
+    try:
+        host = hostname.encode("idna")
+    except UnicodeError:
+        raise _bad_url("the image URL's host name is invalid", param) from None
+    if not _HOST_CHARS.match(host):
+        raise _bad_url("the image URL's host name is invalid", param)
+    return host
+
+
+def check_url(url: str, param: str | None) -> tuple[str, bytes]:
+    """(ASCII URL, Host header) for an http(s) URL without credentials, or a 400.
+
+    Non-ASCII host names are IDNA-encoded and other non-ASCII characters percent-encoded, so
+    the request line is always ASCII; the fragment is dropped (it is never sent).
+    """
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise InvalidRequest("the image URL is malformed", param=param, code="invalid_image_url") from None
+        raise _bad_url("the image URL is malformed", param) from None
     if parts.scheme.lower() not in ("http", "https"):
-        raise InvalidRequest("image URLs must be http(s) or data: URLs", param=param, code="invalid_image_url")
+        raise _bad_url("image URLs must be http(s) or data: URLs", param)
     if not parts.hostname or parts.username is not None or parts.password is not None:
-        raise InvalidRequest("the image URL needs a host and no credentials", param=param, code="invalid_image_url")
-    try:
-        host = parts.hostname.encode("idna")
-    except UnicodeError:
-        raise InvalidRequest("the image URL's host name is invalid", param=param, code="invalid_image_url") from None
-    if ":" in parts.hostname:
-        host = b"[" + host + b"]"
-    return url, host + (f":{port}".encode() if port else b"")
+        raise _bad_url("the image URL needs a host and no credentials", param)
+    host = _ascii_host(parts.hostname, param) + (f":{port}".encode() if port else b"")
+    path = quote(parts.path, safe=_PATH_SAFE) or "/"
+    query = quote(parts.query, safe=_QUERY_SAFE)
+    return urlunsplit((parts.scheme.lower(), host.decode(), path, query, "")), host
+
+
+def _deadline_error(timeout: float, param: str | None) -> GatewayTimeout:
+    return GatewayTimeout(
+        f"the image host did not deliver the image within {timeout:g} s; retry later",
+        param=param,
+        code="image_fetch_timeout",
+    )
+
+
+def _network_error(exc: Exception, param: str | None) -> ServiceError:
+    """Upstream trouble is retryable (502/504); a host name that does not exist is a 400."""
+    if isinstance(exc, socket.gaierror) and exc.errno in _NO_SUCH_HOST:
+        return InvalidRequest("the image URL's host name does not resolve", param=param, code="image_host_unknown")
+    if isinstance(exc, httpcore.TimeoutException | TimeoutError):
+        return GatewayTimeout("the image host timed out; retry later", param=param, code="image_fetch_timeout")
+    if isinstance(exc, httpcore.ConnectError | ConnectionRefusedError) or getattr(exc, "errno", None) in (
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    ):
+        return BadGateway(
+            "the image host could not be reached; retry later", param=param, code="image_host_unreachable"
+        )
+    return BadGateway("the image host failed to deliver the image; retry later", param=param, code="image_fetch_failed")
 
 
 class RemoteImageFetcher:
+    """Fetches through one guarded connection pool, of which batch work may hold only a share."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        size = settings.image_fetch_pool_size
         self.pool = httpcore.AsyncConnectionPool(
             network_backend=GuardedBackend(AddressPolicy(settings.image_fetch_allow_networks)),
-            max_connections=64,
+            max_connections=size,
             keepalive_expiry=30,
             retries=0,
         )
+        self.shares = FetchShares(size, settings.image_fetch_batch_share)
 
-    async def fetch(self, url: str, param: str | None = None) -> bytes:
+    async def fetch(self, url: str, param: str | None = None, *, batch_id: str | None = None) -> bytes:
+        """The image's bytes. A batch line's fetch first waits for its batch's share of the pool
+        (api/fetch_shares.py), so the rest stays free for interactive requests and other batches."""
+        async with self.shares.slot(batch_id):
+            return await self._fetch(url, param)
+
+    async def _fetch(self, url: str, param: str | None) -> bytes:
         timeout = self.settings.image_fetch_timeout_s
         try:
             return await asyncio.wait_for(self._follow(url, param), timeout)
         except TimeoutError:
-            raise InvalidRequest(
-                f"fetching the image URL took longer than {timeout:g} s", param=param, code="image_fetch_timeout"
-            ) from None
+            raise _deadline_error(timeout, param) from None
         except BlockedDestination:
             raise InvalidRequest(
                 "the image URL points to a non-public address, which is not allowed",
@@ -156,12 +195,12 @@ class RemoteImageFetcher:
             httpcore.UnsupportedProtocol,
             httpcore.TimeoutException,
             OSError,
-        ):
-            raise InvalidRequest("the image URL could not be fetched", param=param, code="image_fetch_failed") from None
+        ) as exc:
+            raise _network_error(exc, param) from None
 
     async def _follow(self, url: str, param: str | None) -> bytes:
         for _hop in range(self.settings.image_fetch_max_redirects + 1):
-            url, host = _check_url(url, param)
+            url, host = check_url(url, param)
             headers = [(b"Host", host), (b"User-Agent", b"omega-vlm-image-fetch/1"), (b"Accept", b"image/*")]
             async with self.pool.stream("GET", url, headers=headers) as response:
                 if response.status in _REDIRECTS:
@@ -172,10 +211,7 @@ class RemoteImageFetcher:
                         )
                     url = urljoin(url, location)
                     continue
-                if response.status != 200:
-                    raise InvalidRequest(
-                        f"the image URL answered HTTP {response.status}", param=param, code="image_fetch_failed"
-                    )
+                _check_status(response.status, param)
                 return await self._read_capped(response, param)
         raise InvalidRequest("the image URL redirected too many times", param=param, code="image_fetch_failed")
 
@@ -195,8 +231,22 @@ class RemoteImageFetcher:
         await self.pool.aclose()
 
 
+def _check_status(status: int, param: str | None) -> None:
+    """200 passes; the host's own trouble (5xx, 429) is retryable, other answers are the URL's fault."""
+    if status == 200:
+        return
+    message = f"the image URL answered HTTP {status}"
+    if status >= 500 or status == 429:
+        raise BadGateway(message + "; retry later", param=param, code="image_host_error")
+    raise InvalidRequest(message, param=param, code="image_fetch_failed")
+
+
 def _header(response: httpcore.Response, name: bytes) -> str | None:
+    """A header as text: UTF-8 when it decodes (non-ASCII Locations are sent so), else Latin-1."""
     for key, value in response.headers:
         if key.lower() == name:
-            return str(value.decode("latin-1"))
+            try:
+                return str(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                return str(value.decode("latin-1"))
     return None

@@ -20,7 +20,7 @@ from api.ops.protocol import (
     VLMConfig,
     WorkerReport,
 )
-from shared import keys
+from shared import keys, load_failures
 from shared.blobstore import BlobStore
 from shared.errors import InvalidRequest, ServiceError, ServiceUnavailable
 from shared.fleet import WorkerInfo
@@ -64,6 +64,13 @@ class OpsService:
         self.intake = intake
         self.started_at = started_at  # when this API process started: /v1/models' `created`
 
+    async def _recorded_load_failure(self) -> str | None:
+        """Why no worker could load the model, after the failed workers' own records expired."""
+        try:
+            return await load_failures.latest(self.redis)
+        except (RedisError, TimeoutError):
+            return None
+
     async def health(self) -> HealthReport:
         s = self.settings
         redis_state = "ok"
@@ -79,7 +86,8 @@ class OpsService:
         except ServiceError:
             blob_state = "unavailable"
         ready = [w for w in workers if w.ready]
-        failed = [w for w in workers if w.state == "failed"]
+        failed = [w for w in workers if w.state == "failed" or (w.state == "loading" and w.error)]
+        startup_error = await self._recorded_load_failure() if not ready and not failed else None
         card = ready[0].model if ready else None
         demo = card.demo if card else s.uses_demo_model
         now = time.time()
@@ -93,8 +101,8 @@ class OpsService:
             visible_cuda_devices=sum(1 for w in ready if w.device.startswith("cuda")),
             queues=[q.waiting for q in loads],
             ready=bool(ready) and redis_state == "ok" and blob_state == "ok",
-            startup_ok=not failed,
-            startup_error=failed[0].error if failed else None,
+            startup_ok=not failed and startup_error is None,
+            startup_error=failed[0].error if failed else startup_error,
             overloaded=bool(loads) and all(q.waiting >= s.max_queue_size for q in loads),
             max_queue_size=s.max_queue_size,
             dtype=card.dtype if card else None,

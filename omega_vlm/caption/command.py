@@ -14,7 +14,8 @@ from typing import Any
 from tqdm import tqdm
 
 from omega_vlm.caption.client import CaptionClient, Options, TransientError
-from omega_vlm.caption.output import Format, RowWriter, read_progress, repair_torn_tail
+from omega_vlm.caption.output import Format, OutputBusy, RowWriter, lock_output, read_progress, repair_torn_tail
+from omega_vlm.caption.reach import ServerUnreachable, check_server
 from omega_vlm.caption.sources import ImageSource, collect
 
 DEFAULT_PROMPT = "Describe this image in one detailed sentence."
@@ -44,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="images in flight")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in globs)")
     parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds one image's job may take from submit to result; then it is canceled (default 3600)",
+    )
 
 
 @dataclass
@@ -134,12 +141,21 @@ async def _caption_all(
 
 
 def run(args: argparse.Namespace) -> int:
-    fmt: Format = args.format
     try:
+        check_server(args.server)
         sources = collect(args.paths, args.recursive)
-    except (FileNotFoundError, UnicodeDecodeError) as exc:
+        lock = lock_output(args.out)
+    except (FileNotFoundError, UnicodeDecodeError, ServerUnreachable, OutputBusy) as exc:
         print(f"omega-vlm caption: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _run_locked(args, sources)
+    finally:
+        lock.close()
+
+
+def _run_locked(args: argparse.Namespace, sources: list[ImageSource]) -> int:
+    fmt: Format = args.format
     dropped = repair_torn_tail(args.out, fmt)
     if dropped:
         print(f"[caption] repaired a torn last row in {args.out} ({dropped} bytes)", file=sys.stderr)
@@ -147,7 +163,12 @@ def run(args: argparse.Namespace) -> int:
     todo = [s for s in sources if s.key not in finished]
     tally = Tally(skipped=len(sources) - len(todo))
     options = Options(
-        server=args.server, api_key=args.api_key, prompt=args.prompt, max_tokens=args.max_tokens, model=args.model
+        server=args.server,
+        api_key=args.api_key,
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        model=args.model,
+        deadline_s=args.timeout,
     )
     writer = RowWriter(args.out, fmt)
     client = CaptionClient(options, args.concurrency)

@@ -7,11 +7,12 @@ and every image with a caption, or with an error that retrying cannot fix, count
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 Format = Literal["jsonl", "csv"]
 CSV_FIELDS = [
@@ -30,6 +31,25 @@ CSV_FIELDS = [
 
 
 TERMINATORS = {"jsonl": b"\n", "csv": b"\r\n"}  # CSV captions keep bare newlines inside quotes
+
+
+class OutputBusy(Exception):
+    """Another run holds the output file: two runs appending to one file would duplicate rows."""
+
+
+def lock_output(path: Path) -> IO[bytes]:
+    """An exclusive flock on the output file, held while the returned file stays open.
+
+    The kernel drops it when the process dies, so a killed run never leaves a stale lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OutputBusy(f"another caption run is writing to {path}; wait for it or choose another --out") from None
+    return handle
 
 
 def repair_torn_tail(path: Path, fmt: Format = "jsonl") -> int:

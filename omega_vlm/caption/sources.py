@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,9 @@ MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif"
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One image: `key` is what output rows name it by (absolute path or URL) and resume matches on."""
+    """One image: `key` is what output rows name it by and resume matches on: the URL, or the path
+    as given (normalised, never resolved), so relative inputs stay relative and a folder moved
+    together with its output file still resumes."""
 
     key: str
     is_url: bool
@@ -21,6 +24,11 @@ class ImageSource:
     @property
     def mime(self) -> str:
         return MIME.get(Path(self.key).suffix.lower(), "application/octet-stream")
+
+
+def _key(path: Path | str) -> str:
+    """'./a/../b.png' -> 'b.png'; symlinks are not followed (that would pin the old location)."""
+    return os.path.normpath(path)
 
 
 def _is_url(text: str) -> bool:
@@ -56,16 +64,16 @@ def expand(inputs: Iterable[str], recursive: bool) -> Iterator[ImageSource]:
             continue
         path = Path(item).expanduser()
         if path.is_dir():
-            yield from (ImageSource(str(p.resolve()), False) for p in _folder(path, recursive))
+            yield from (ImageSource(_key(p), False) for p in _folder(path, recursive))
         elif path.is_file() and _is_image(path):
-            yield ImageSource(str(path.resolve()), False)
+            yield ImageSource(_key(path), False)
         elif path.is_file():
             yield from _manifest(path, recursive)
         elif glob.has_magic(item):
             for match in sorted(glob.glob(str(path), recursive=recursive)):
                 matched = Path(match)
                 if matched.is_file() and _is_image(matched):
-                    yield ImageSource(str(matched.resolve()), False)
+                    yield ImageSource(_key(matched), False)
         else:
             raise FileNotFoundError(f"no such file, folder or URL: {item}")
 
