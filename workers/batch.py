@@ -27,6 +27,9 @@ class PreparedRow:
     image_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # first dim = images/patches
     truncated_tokens: int = 0
     pixels: int = 0  # of the decoded images, for the batch pixel budget
+    # Rows join a group only with rows of the same layout: a model whose image inputs have one
+    # entry per batch row (Mllama) cannot batch a row with images and one without.
+    layout: str = ""
 
     @property
     def prompt_tokens(self) -> int:
@@ -42,6 +45,8 @@ def group_compatible(rows: Sequence[PreparedRow]) -> list[list[PreparedRow]]:
     for row in rows:
         sig = row.signature()
         for group_sig, members in groups:
+            if members[0].layout != row.layout:
+                continue
             if all(group_sig.get(k, shape) == shape for k, shape in sig.items()):
                 group_sig.update(sig)
                 members.append(row)

@@ -31,6 +31,18 @@ from workers.streaming import DeltaPublisher, DeltaTracker
 log = logging.getLogger("omega.worker.engine")
 
 
+# Image inputs that hold one entry per batch row rather than per image (Mllama's pixel values are
+# [row, image, tile, ...] and its cross-attention layers index them by row): such rows batch only
+# with other rows that have images, and only with the same image and tile counts.
+PER_ROW_IMAGE_INPUTS = frozenset({"cross_attention_mask", "aspect_ratio_ids"})
+PER_ROW_IMAGES = "per-row images"
+
+
+def _per_token(tensor: torch.Tensor, length: int) -> bool:
+    """A [1, tokens, ...] tensor of more than two dimensions, aligned with the prompt."""
+    return tensor.dim() > 2 and tensor.shape[0] == 1 and tensor.shape[1] == length
+
+
 @dataclass(frozen=True)
 class RowOutput:
     text: str
@@ -86,10 +98,18 @@ class Engine:
             return dict(tokenizer([text], return_tensors="pt", add_special_tokens=add_special))
         try:
             return dict(
-                processor(text=[text], images=list(images) or None, return_tensors="pt", add_special_tokens=add_special)
+                # One list of images per prompt: the unambiguous form (a flat list of two images
+                # reads as one image per prompt to PaliGemma's processor).
+                processor(
+                    text=[text], images=[list(images)] if images else None, return_tensors="pt", add_special_tokens=add_special
+                )
             )
         except ValueError as exc:
             log.info("processor rejected job %s: %s", job.id, exc)
+            if not images and "expected" in str(exc):  # PaliGemma: every prompt needs an image
+                raise InvalidRequest(
+                    "this model needs at least one image in every request", param="messages", code="image_required"
+                ) from None
             raise InvalidRequest(
                 "the prompt's image placeholders do not match its images "
                 "(the text may contain the model's image token)",
@@ -110,6 +130,9 @@ class Engine:
         if cut:
             input_ids = input_ids[cut:]
             seq_extras = {k: v[cut:] for k, v in seq_extras.items()}
+            # Per-token tensors with more dimensions (Mllama's cross-attention mask: token x
+            # image x tile) lose the same tokens.
+            image_extras = {k: v[:, cut:] if _per_token(v, length) else v for k, v in image_extras.items()}
         return PreparedRow(
             job,
             input_ids,
@@ -118,6 +141,7 @@ class Engine:
             image_extras,
             truncated_tokens=cut,
             pixels=sum(image.width * image.height for image in images),
+            layout=PER_ROW_IMAGES if PER_ROW_IMAGE_INPUTS & image_extras.keys() else "",
         )
 
     def _truncation(self, input_ids: torch.Tensor) -> int:

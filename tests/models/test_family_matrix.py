@@ -1,0 +1,190 @@
+"""Every supported family through the real worker path, on its tiny model.
+
+Each family's declared capabilities (workers/tiny_models/families.py, also the README's table)
+are asserted here: what a family supports must work, and what it does not must be a 400.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from shared import keys
+from shared.blob_local import LocalBlobStore
+from shared.blobstore import put_image
+from shared.contract import JobError, JobPayload, JobResult, Message, TextPart
+from shared.errors import InvalidRequest
+from shared.prompt import render_prompt
+from tests.models.cases import SQUARE, TALL, WIDE, essence, job, png
+from tests.models.conftest import family_settings
+from tests.support.procs import RedisServer
+from workers.batch import MIN_FILL
+from workers.engine import Engine, RowOutput
+from workers.images import ImageLoader
+from workers.loader import load_model
+from workers.runner import BatchItem, BatchRunner
+from workers.streaming import DeltaPublisher
+from workers.tiny_models.families import FAMILIES
+from workers.tiny_models.spec import Family
+
+KEYS = [key for key, f in FAMILIES.items() if f.build is not None]
+by_family = pytest.mark.parametrize("family", KEYS)
+
+
+def run(engine: Engine, *items: tuple[JobPayload, list[Image.Image]]) -> list[RowOutput]:
+    return engine.generate([engine.prepare(j, images) for j, images in items])
+
+
+@by_family
+def test_loads_with_the_worker_loader(family: str, family_engine: Engine) -> None:
+    m = family_engine.m
+    assert m.model.config.architectures == [FAMILIES[family].architecture]
+    assert m.dtype == torch.float32 and m.attn in ("sdpa", "eager")
+    assert m.supports_images == FAMILIES[family].images
+    # flash-attention is absent on a CPU: the loader falls back instead of failing.
+    settings = family_settings(family, ATTN_IMPL="flash_attention_2", DTYPE="bf16")
+    fallback = load_model(settings, torch.device("cpu"), lambda _: None)
+    assert fallback.attn == "sdpa" and fallback.dtype == torch.bfloat16
+
+
+@by_family
+def test_requests_through_the_batch_runner(family: str, family_engine: Engine, tmp_path: Path) -> None:
+    """Text, one image and several images in one micro-batch: a result each, or a declared 400."""
+    spec = FAMILIES[family]
+    store = LocalBlobStore(tmp_path)
+    blobs = [put_image(store, png(image)) for image in (WIDE, TALL)]
+    jobs = {"text": job("describe a dog"), "image": job("what is it", 1), "multi-image": job("compare them", 2)}
+    runner = BatchRunner(family_engine, ImageLoader(store, family_engine.settings), "matrix")
+    items = [BatchItem(_with_blobs(p, blobs), 0.0) for p in jobs.values()]
+    outcomes = dict(zip(jobs, runner.run(items), strict=True))
+    for name, outcome in outcomes.items():
+        if spec.supports(name):
+            assert isinstance(outcome, JobResult), f"{spec.name} {name}: {outcome}"
+            assert outcome.completion_tokens > 0
+        else:
+            assert isinstance(outcome, JobError) and outcome.status == 400, f"{spec.name} {name}: {outcome}"
+
+
+def _with_blobs(payload: JobPayload, blobs: list[str]) -> JobPayload:
+    """The job with its image parts pointing at stored blobs, in order."""
+    import msgspec
+
+    from shared.contract import ImagePart
+
+    digests = iter(blobs)
+    messages = tuple(
+        msgspec.structs.replace(
+            m, content=tuple(ImagePart(next(digests)) if isinstance(p, ImagePart) else p for p in m.content)
+        )
+        for m in payload.messages
+    )
+    return msgspec.structs.replace(payload, messages=messages)
+
+
+def _mixed(spec: Family) -> list[tuple[JobPayload, list[Image.Image]]]:
+    rows: list[tuple[JobPayload, list[Image.Image]]] = []
+    if spec.supports("text"):
+        rows += [
+            (job("a short question", max_new_tokens=12), []),
+            (job("sampled text", do_sample=True, temperature=0.9, top_p=0.9, seed=5, max_new_tokens=12), []),
+        ]
+    if spec.supports("image"):
+        rows += [
+            (job("describe the wide picture", 1, max_new_tokens=12), [WIDE]),
+            (job("and the tall one", 1, do_sample=True, temperature=0.8, seed=7, max_new_tokens=12), [TALL]),
+            (job("three at once", 3, do_sample=True, temperature=1.0, top_k=20, seed=3, max_new_tokens=12), [SQUARE, WIDE, TALL]),
+        ]
+    return rows
+
+
+@by_family
+def test_mixed_sizes_batched_give_the_same_text_as_alone(family: str, family_engine: Engine) -> None:
+    spec = FAMILIES[family]
+    if not spec.supports("batched"):
+        pytest.skip(spec.limits["batched"])
+    rows = _mixed(spec)
+    alone = [run(family_engine, row)[0] for row in rows]
+    family_engine.min_fill = 0.0  # as few generate calls as shapes allow, however uneven
+    try:
+        before = family_engine.generate_calls
+        together = run(family_engine, *rows)
+        calls = family_engine.generate_calls - before
+    finally:
+        family_engine.min_fill = MIN_FILL
+    assert calls < len(rows), "nothing was batched"
+    assert essence(together) == essence(alone)
+    assert len({r.text for r in alone}) > 1, "the tiny model says the same thing to everything"
+
+
+@by_family
+def test_streamed_text_equals_the_final_text(family: str, family_engine: Engine, redis_server: RedisServer) -> None:
+    """The deltas a streaming row publishes to Redis add up to the non-streamed text."""
+    images = [WIDE] if FAMILIES[family].images else []
+    plain = run(family_engine, (job("stream this", len(images), max_new_tokens=16), images))[0]
+    conn = redis_server.client(db=11)
+    publisher = DeltaPublisher(conn)
+    streaming = Engine(family_engine.m, family_engine.settings, publisher)
+    payload = job("stream this", len(images), stream=True, max_new_tokens=16)
+    streamed = run(streaming, (payload, images))[0]
+    publisher.close()  # joins the publishing thread: every delta is in Redis now
+    deltas = [fields[b"d"].decode() for _, fields in conn.xrange(keys.job_stream(payload.id))]
+    assert streamed.text == plain.text
+    assert "".join(deltas) == plain.text and len(deltas) > 1
+
+
+@by_family
+def test_apply_template_equals_the_processors_rendering(family: str, family_engine: Engine) -> None:
+    m = family_engine.m
+    if getattr(m.processor, "chat_template", None) is None and getattr(m.tokenizer, "chat_template", None) is None:
+        pytest.skip(f"{FAMILIES[family].name} ships no chat template (prompts are task prefixes)")
+    images = 2 if FAMILIES[family].images else 0
+    payload = job("what differs between them?", images, system="Answer briefly.")
+    conversation = [
+        {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
+        {
+            "role": "user",
+            "content": [{"type": "image"}] * images + [{"type": "text", "text": "what differs between them?"}],
+        },
+    ]
+    if not FAMILIES[family].images:  # text models' templates take plain string content
+        conversation = [{"role": c["role"], "content": c["content"][-1]["text"]} for c in conversation]
+    expected = m.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    try:
+        ours = render_prompt(m.card.chat_template, m.card.template_kwargs, payload.messages)
+    except InvalidRequest:
+        pytest.fail("the service's renderer rejected what the processor renders")
+    assert ours == expected
+
+
+@by_family
+def test_left_truncation_never_cuts_an_image(family: str, family_engine: Engine) -> None:
+    long_text = " ".join(f"word{i}" for i in range(400))
+    import msgspec
+
+    tight = Engine(family_engine.m, msgspec.structs.replace(family_engine.settings, max_input_tokens=128))
+    if FAMILIES[family].supports("text"):
+        text_row = tight.prepare(job(long_text), [])
+        assert text_row.prompt_tokens == 128 and text_row.truncated_tokens > 0
+    if not FAMILIES[family].images:
+        return
+    with pytest.raises(InvalidRequest) as err:
+        tight.prepare(job(long_text, 1), [WIDE])
+    assert err.value.code == "context_length_exceeded"
+
+
+@by_family
+def test_images_to_a_text_model_or_stray_image_tokens_are_a_400(family: str, family_engine: Engine) -> None:
+    m = family_engine.m
+    if not FAMILIES[family].images:
+        with pytest.raises(InvalidRequest):
+            family_engine.prepare(job("look", 1), [WIDE])
+        return
+    if getattr(m.processor, "chat_template", None) is None:
+        pytest.skip("PaliGemma's processor places the images itself; a literal image token is their place")
+    token = m.card.image_token
+    assert token
+    with pytest.raises(InvalidRequest):
+        family_engine.prepare(job(f"look: {token} here", 1), [WIDE])
