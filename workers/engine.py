@@ -101,7 +101,10 @@ class Engine:
                 # One list of images per prompt: the unambiguous form (a flat list of two images
                 # reads as one image per prompt to PaliGemma's processor).
                 processor(
-                    text=[text], images=[list(images)] if images else None, return_tensors="pt", add_special_tokens=add_special
+                    text=[text],
+                    images=[list(images)] if images else None,
+                    return_tensors="pt",
+                    add_special_tokens=add_special,
                 )
             )
         except ValueError as exc:

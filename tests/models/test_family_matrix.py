@@ -15,7 +15,7 @@ from PIL import Image
 from shared import keys
 from shared.blob_local import LocalBlobStore
 from shared.blobstore import put_image
-from shared.contract import JobError, JobPayload, JobResult, Message, TextPart
+from shared.contract import JobError, JobPayload, JobResult
 from shared.errors import InvalidRequest
 from shared.prompt import render_prompt
 from tests.models.cases import SQUARE, TALL, WIDE, essence, job, png
@@ -30,7 +30,7 @@ from workers.streaming import DeltaPublisher
 from workers.tiny_models.families import FAMILIES
 from workers.tiny_models.spec import Family
 
-KEYS = [key for key, f in FAMILIES.items() if f.build is not None]
+KEYS = [key for key, f in FAMILIES.items() if f.available]
 by_family = pytest.mark.parametrize("family", KEYS)
 
 
@@ -95,28 +95,78 @@ def _mixed(spec: Family) -> list[tuple[JobPayload, list[Image.Image]]]:
         rows += [
             (job("describe the wide picture", 1, max_new_tokens=12), [WIDE]),
             (job("and the tall one", 1, do_sample=True, temperature=0.8, seed=7, max_new_tokens=12), [TALL]),
-            (job("three at once", 3, do_sample=True, temperature=1.0, top_k=20, seed=3, max_new_tokens=12), [SQUARE, WIDE, TALL]),
+            (
+                job("three at once", 3, do_sample=True, temperature=1.0, top_k=20, seed=3, max_new_tokens=12),
+                [SQUARE, WIDE, TALL],
+            ),
         ]
     return rows
 
 
-@by_family
-def test_mixed_sizes_batched_give_the_same_text_as_alone(family: str, family_engine: Engine) -> None:
-    spec = FAMILIES[family]
-    if not spec.supports("batched"):
-        pytest.skip(spec.limits["batched"])
+def check_batched_matches_alone(engine: Engine, spec: Family) -> None:
+    """Rows of mixed image sizes and sampling settings give, batched, exactly what they give alone."""
     rows = _mixed(spec)
-    alone = [run(family_engine, row)[0] for row in rows]
-    family_engine.min_fill = 0.0  # as few generate calls as shapes allow, however uneven
+    alone = [run(engine, row)[0] for row in rows]
+    engine.min_fill = 0.0  # as few generate calls as shapes allow, however uneven
     try:
-        before = family_engine.generate_calls
-        together = run(family_engine, *rows)
-        calls = family_engine.generate_calls - before
+        before = engine.generate_calls
+        together = run(engine, *rows)
+        calls = engine.generate_calls - before
     finally:
-        family_engine.min_fill = MIN_FILL
+        engine.min_fill = MIN_FILL
     assert calls < len(rows), "nothing was batched"
     assert essence(together) == essence(alone)
     assert len({r.text for r in alone}) > 1, "the tiny model says the same thing to everything"
+
+
+def plain_generate(engine: Engine, payload: JobPayload, images: list[Image.Image], max_new_tokens: int) -> str:
+    """The family's own way: its processor's output straight into `model.generate`, greedy."""
+    m = engine.m
+    text = engine.prompt_text(payload)
+    if m.supports_images:
+        inputs = m.processor(
+            text=[text], images=[images] if images else None, return_tensors="pt", add_special_tokens=False
+        )
+    else:
+        inputs = m.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = m.model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=m.eos_ids, pad_token_id=m.pad_id
+        )
+    tokens = out[0, inputs["input_ids"].shape[1] :].tolist()
+    ends = [i for i, t in enumerate(tokens) if t in m.eos_ids]
+    return str(m.tokenizer.decode(tokens[: ends[0]] if ends else tokens, skip_special_tokens=True))
+
+
+def check_matches_transformers(engine: Engine, spec: Family) -> None:
+    """A greedy row inside a mixed batch gives what plain transformers gives for it alone: grids,
+    pixel values, position ids and masks reach the model as the family expects."""
+    images = [TALL, WIDE] if spec.supports("multi-image") else []
+    target = job("compare with plain generate", len(images), max_new_tokens=12)
+    other = (
+        (job("another row, longer than the first one", 1, max_new_tokens=12), [SQUARE])
+        if spec.images
+        else (
+            job("another row, longer than the first one", max_new_tokens=12),
+            [],
+        )
+    )
+    engine.min_fill = 0.0
+    try:
+        ours = run(engine, (target, images), other)[0]
+    finally:
+        engine.min_fill = MIN_FILL
+    assert ours.text == plain_generate(engine, target, images, 12)
+
+
+@by_family
+def test_mixed_sizes_batched_give_the_same_text_as_alone(family: str, family_engine: Engine) -> None:
+    check_batched_matches_alone(family_engine, FAMILIES[family])
+
+
+@by_family
+def test_a_batched_row_equals_plain_transformers_generate(family: str, family_engine: Engine) -> None:
+    check_matches_transformers(family_engine, FAMILIES[family])
 
 
 @by_family

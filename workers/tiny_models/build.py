@@ -34,7 +34,7 @@ def build_family_model(family: Family, out_dir: Path, *, seed: int = 0) -> Path:
     import torch
     import transformers
 
-    if family.build is None:
+    if not family.available:
         raise ValueError(f"{family.name}: not in transformers {transformers.__version__}")
     parts = family.build()
     torch.manual_seed(seed)

@@ -9,7 +9,7 @@ from workers.tiny_models.tokenizer import train_tokenizer
 
 GEMMA_SPECIALS = ["<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>"]
 GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
-TOKENS_PER_IMAGE = 4  # the 4x4 patch grid average-pooled to 2x2 soft tokens
+TOKENS_PER_IMAGE = 16  # one soft token per patch of the 4x4 grid (the real model pools 64x64 to 16x16)
 SLIDING_WINDOW = 12  # shorter than the matrix's prompts, so the local layers really slide
 
 
@@ -36,11 +36,12 @@ def gemma3() -> Parts:
         boi_token_index=ids("<start_of_image>"),
         eoi_token_index=ids("<end_of_image>"),
         image_token_index=ids("<image_soft_token>"),
+        # Untied (unlike the real checkpoints): with tied random embeddings the largest logit is
+        # always the current token, and the tiny model would only ever repeat itself.
+        tie_word_embeddings=False,
     )
     image_processor = Gemma3ImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE})
-    processor = Gemma3Processor(
-        image_processor, tok, chat_template=templates.GEMMA3, image_seq_length=TOKENS_PER_IMAGE
-    )
+    processor = Gemma3Processor(image_processor, tok, chat_template=templates.GEMMA3, image_seq_length=TOKENS_PER_IMAGE)
     return Parts(config, Gemma3ForConditionalGeneration, processor, tok, "<end_of_turn>", "<pad>", "<bos>")
 
 
@@ -59,5 +60,6 @@ def paligemma() -> Parts:
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         projection_dim=64,
         hidden_size=64,
+        tie_word_embeddings=False,  # as for Gemma 3: tied random embeddings only repeat
     )
     return Parts(config, PaliGemmaForConditionalGeneration, processor, tok, "<eos>", "<pad>", "<bos>")

@@ -9,7 +9,14 @@ from workers.tiny_models.tokenizer import train_tokenizer
 
 SCALE_FACTOR = 2  # pixel shuffle: 4x4 patches -> 2x2 tokens per tile
 ROW_COL = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
-SPECIALS = ["<|im_start|>", "<|endoftext|>", "<end_of_utterance>", "<fake_token_around_image>", "<global-img>", *ROW_COL]
+SPECIALS = [
+    "<|im_start|>",
+    "<|endoftext|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    *ROW_COL,
+]
 
 
 def idefics3() -> Parts:
@@ -30,4 +37,6 @@ def idefics3() -> Parts:
     )
     seq = (IMAGE_SIDE // PATCH) ** 2 // SCALE_FACTOR**2
     processor = Idefics3Processor(image_processor, tok, image_seq_len=seq, chat_template=templates.IDEFICS3)
-    return Parts(config, Idefics3ForConditionalGeneration, processor, tok, "<end_of_utterance>", "<|endoftext|>", "<|im_start|>")
+    return Parts(
+        config, Idefics3ForConditionalGeneration, processor, tok, "<end_of_utterance>", "<|endoftext|>", "<|im_start|>"
+    )

@@ -47,13 +47,28 @@ def mllama() -> Parts:
     }
     # Layer 1 of 3 is a cross-attention layer: text attends to the image tiles only there.
     text = text_config(
-        tok, "<|eot_id|>", "<|finetune_right_pad_id|>", "<|begin_of_text|>", num_hidden_layers=3, cross_attention_layers=[1]
+        tok,
+        "<|eot_id|>",
+        "<|finetune_right_pad_id|>",
+        "<|begin_of_text|>",
+        num_hidden_layers=3,
+        cross_attention_layers=[1],
     )
     text.pop("head_dim")
-    config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<|image|>"))
+    config = MllamaConfig(
+        vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<|image|>")
+    )
     image_processor = MllamaImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}, max_image_tiles=MAX_TILES)
     processor = MllamaProcessor(image_processor, tok, chat_template=templates.LLAMA3)
-    return Parts(config, MllamaForConditionalGeneration, processor, tok, "<|eot_id|>", "<|finetune_right_pad_id|>", "<|begin_of_text|>")
+    return Parts(
+        config,
+        MllamaForConditionalGeneration,
+        processor,
+        tok,
+        "<|eot_id|>",
+        "<|finetune_right_pad_id|>",
+        "<|begin_of_text|>",
+    )
 
 
 def llama() -> Parts:

@@ -45,7 +45,9 @@ def llava_next() -> Parts:
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
     from transformers.models.llava_next.image_processing_llava_next import LlavaNextImageProcessor
 
-    tok = train_tokenizer(["<unk>", "<s>", "</s>"], bos="<s>", eos="</s>", pad="<unk>", named={"image_token": "<image>"})
+    tok = train_tokenizer(
+        ["<unk>", "<s>", "</s>"], bos="<s>", eos="</s>", pad="<unk>", named={"image_token": "<image>"}
+    )
     config = LlavaNextConfig(
         text_config=text_config(tok, "</s>", "<unk>", "<s>", model_type="mistral", sliding_window=None),
         vision_config=vit_config(model_type="clip_vision_model"),

@@ -7,7 +7,17 @@ from workers.tiny_models.common import PATCH, text_config
 from workers.tiny_models.spec import VISION, Parts
 from workers.tiny_models.tokenizer import train_tokenizer
 
-SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG_BREAK]", "[IMG_END]"]
+SPECIALS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+]
 MERGE = 2
 
 
@@ -33,9 +43,7 @@ def mistral3() -> Parts:
         spatial_merge_size=MERGE,
         vision_feature_layer=-1,
     )
-    image_processor = PixtralImageProcessor(
-        size={"longest_edge": 64}, patch_size={"height": PATCH, "width": PATCH}
-    )
+    image_processor = PixtralImageProcessor(size={"longest_edge": 64}, patch_size={"height": PATCH, "width": PATCH})
     processor = PixtralProcessor(
         image_processor=image_processor,
         tokenizer=tok,

@@ -39,13 +39,20 @@ class Family:
     key: str  # the transformers model type, e.g. "qwen2_5_vl"
     name: str  # as users know it
     architecture: str  # the HF architecture class in config.json
-    build: Callable[[], Parts] | None  # None: this transformers has no such model type
+    build: Callable[[], Parts]
     images: bool = True
     # capability -> why it is not supported (the matrix asserts the declared behaviour).
     limits: Mapping[str, str] = field(default_factory=dict)
     notes: str = ""
 
+    @property
+    def available(self) -> bool:
+        """Whether the installed transformers has this model type."""
+        import importlib.util
+
+        return importlib.util.find_spec(f"transformers.models.{self.key}") is not None
+
     def supports(self, capability: str) -> bool:
-        if capability != "text" and capability in ("image", "multi-image") and not self.images:
+        if capability in ("image", "multi-image") and not self.images:
             return False
         return capability not in self.limits

@@ -1,3 +1,4 @@
+# ruff: noqa: E501, RUF001 - template text kept as the checkpoints write it (long Jinja lines, InternVL's Chinese system prompt)
 """Each family's chat format, as its published checkpoints' chat templates write it.
 
 Trimmed to what the service sends (system/user/assistant turns of text and images; no tools,
