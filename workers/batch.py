@@ -30,13 +30,16 @@ class PreparedRow:
     # Rows join a group only with rows of the same layout: a model whose image inputs have one
     # entry per batch row (Mllama) cannot batch a row with images and one without.
     layout: str = ""
+    # Per-image tensors that may be zero-padded to the group's largest (see PADDED_PIXELS).
+    paddable: tuple[str, ...] = ()
 
     @property
     def prompt_tokens(self) -> int:
         return int(self.input_ids.shape[0])
 
     def signature(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape[1:]) for k, v in self.image_extras.items()}
+        """Trailing shapes that must match to concatenate; a paddable tensor needs only its rank."""
+        return {k: (v.dim(),) if k in self.paddable else tuple(v.shape[1:]) for k, v in self.image_extras.items()}
 
 
 def group_compatible(rows: Sequence[PreparedRow]) -> list[list[PreparedRow]]:
@@ -90,6 +93,21 @@ def plan_groups(
     return planned
 
 
+def _padded(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zero-pad tensors of one rank to their largest trailing shape, at the end of each dimension
+    (as the family's own processor pads a batch: more tiles, taller, wider)."""
+    shape = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors), strict=True)]
+    out = []
+    for tensor in tensors:
+        if list(tensor.shape[1:]) == shape:
+            out.append(tensor)
+            continue
+        padded = tensor.new_zeros((tensor.shape[0], *shape))
+        padded[(slice(None), *(slice(0, n) for n in tensor.shape[1:]))] = tensor
+        out.append(padded)
+    return out
+
+
 @dataclass
 class CollatedBatch:
     inputs: dict[str, torch.Tensor]
@@ -114,7 +132,7 @@ def collate(rows: Sequence[PreparedRow], pad_id: int, device: torch.device, floa
     inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention, **seq_tensors}
     image_keys = sorted({k for r in rows for k in r.image_extras})
     for key in image_keys:
-        inputs[key] = torch.cat([r.image_extras[key] for r in rows if key in r.image_extras], dim=0)
+        inputs[key] = torch.cat(_padded([r.image_extras[key] for r in rows if key in r.image_extras]), dim=0)
     moved = {
         k: v.to(device, dtype=float_dtype if v.is_floating_point() else v.dtype, non_blocking=True)
         for k, v in inputs.items()

@@ -37,6 +37,18 @@ log = logging.getLogger("omega.worker.engine")
 PER_ROW_IMAGE_INPUTS = frozenset({"cross_attention_mask", "aspect_ratio_ids"})
 PER_ROW_IMAGES = "per-row images"
 
+# Families whose processors zero-pad pixel tensors to the largest image of a batch, and whose
+# models then read each image's real extent (image_sizes: LLaVA-NeXT/OneVision keep an image's
+# own tiles, Pixtral crops its patch grid) or drop all-zero tiles (Idefics3): rows with images of
+# different sizes share one generate call when padded the same way.
+PADDED_PIXELS: dict[str, tuple[str, ...]] = {
+    "llava_next": ("pixel_values",),
+    "llava_onevision": ("pixel_values",),
+    "idefics3": ("pixel_values", "pixel_attention_mask"),
+    "smolvlm": ("pixel_values", "pixel_attention_mask"),
+    "mistral3": ("pixel_values",),
+}
+
 
 def _per_token(tensor: torch.Tensor, length: int) -> bool:
     """A [1, tokens, ...] tensor of more than two dimensions, aligned with the prompt."""
@@ -145,6 +157,7 @@ class Engine:
             truncated_tokens=cut,
             pixels=sum(image.width * image.height for image in images),
             layout=PER_ROW_IMAGES if PER_ROW_IMAGE_INPUTS & image_extras.keys() else "",
+            paddable=PADDED_PIXELS.get(self.m.model.config.model_type, ()),
         )
 
     def _truncation(self, input_ids: torch.Tensor) -> int:

@@ -19,6 +19,7 @@ _ALL = [
         llama.mllama,
         notes="image rows batch only with image rows of the same length and image/tile counts "
         "(cross-attention inputs are per batch row)",
+        one_call=False,
     ),
     Family("mistral3", "Mistral 3 / Pixtral", "Mistral3ForConditionalGeneration", mistral.mistral3),
     Family("internvl", "InternVL 3", "InternVLForConditionalGeneration", internvl.internvl),

@@ -44,6 +44,9 @@ class Family:
     # capability -> why it is not supported (the matrix asserts the declared behaviour).
     limits: Mapping[str, str] = field(default_factory=dict)
     notes: str = ""
+    # Whether rows with and without images, of any sizes, share one generate call (the matrix
+    # asserts it); False: they are split into shape-compatible generate calls instead.
+    one_call: bool = True
 
     @property
     def available(self) -> bool:
