@@ -23,7 +23,7 @@ class PreparedRow:
     job: JobPayload
     input_ids: torch.Tensor  # 1-D, after truncation
     plan: RowPlan
-    seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # 1-D, aligned with input_ids
+    seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # [tokens, ...], aligned with input_ids
     image_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # first dim = images/patches
     truncated_tokens: int = 0
     pixels: int = 0  # of the decoded images, for the batch pixel budget
@@ -108,6 +108,16 @@ def _padded(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def _sequence_tensors(rows: Sequence[PreparedRow], width: int) -> dict[str, torch.Tensor]:
+    """Zeros for each per-token input: [rows, width, largest trailing shape]."""
+    out: dict[str, torch.Tensor] = {}
+    for key in sorted({k for r in rows for k in r.seq_extras}):
+        tensors = [r.seq_extras[key] for r in rows if key in r.seq_extras]
+        trailing = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors), strict=True)]
+        out[key] = torch.zeros((len(rows), width, *trailing), dtype=tensors[0].dtype)
+    return out
+
+
 @dataclass
 class CollatedBatch:
     inputs: dict[str, torch.Tensor]
@@ -121,14 +131,13 @@ def collate(rows: Sequence[PreparedRow], pad_id: int, device: torch.device, floa
     pads = [width - r.prompt_tokens for r in rows]
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
-    seq_keys = sorted({k for r in rows for k in r.seq_extras})
-    seq_tensors = {k: torch.zeros((len(rows), width), dtype=torch.long) for k in seq_keys}
+    seq_tensors = _sequence_tensors(rows, width)
     for i, (row, pad) in enumerate(zip(rows, pads, strict=True)):
         input_ids[i, pad:] = row.input_ids
         attention[i, pad:] = 1
-        for key in seq_keys:
-            if key in row.seq_extras:
-                seq_tensors[key][i, pad:] = row.seq_extras[key]
+        for key, tensor in row.seq_extras.items():
+            # Left-padded along the tokens; zero-padded at the end of any further dimension.
+            seq_tensors[key][(i, slice(pad, None), *(slice(0, n) for n in tensor.shape[1:]))] = tensor
     inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention, **seq_tensors}
     image_keys = sorted({k for r in rows for k in r.image_extras})
     for key in image_keys:

@@ -32,27 +32,24 @@ log = logging.getLogger("omega.worker.engine")
 
 
 # Image inputs that hold one entry per batch row rather than per image (Mllama's pixel values are
-# [row, image, tile, ...] and its cross-attention layers index them by row): such rows batch only
-# with other rows that have images, and only with the same image and tile counts.
-PER_ROW_IMAGE_INPUTS = frozenset({"cross_attention_mask", "aspect_ratio_ids"})
+# [row, image, tile, ...] and its cross-attention layers index them by row): rows with such inputs
+# batch only with other rows that have images (as with Mllama's own processor).
+PER_ROW_IMAGE_INPUTS = frozenset({"aspect_ratio_ids"})
 PER_ROW_IMAGES = "per-row images"
 
 # Families whose processors zero-pad pixel tensors to the largest image of a batch, and whose
 # models then read each image's real extent (image_sizes: LLaVA-NeXT/OneVision keep an image's
-# own tiles, Pixtral crops its patch grid) or drop all-zero tiles (Idefics3): rows with images of
-# different sizes share one generate call when padded the same way.
+# own tiles, Pixtral crops its patch grid), drop all-zero tiles (Idefics3), or mask padded images
+# and tiles out of cross-attention (Mllama): rows with images of different sizes and counts share
+# one generate call when padded the same way.
 PADDED_PIXELS: dict[str, tuple[str, ...]] = {
     "llava_next": ("pixel_values",),
     "llava_onevision": ("pixel_values",),
     "idefics3": ("pixel_values", "pixel_attention_mask"),
     "smolvlm": ("pixel_values", "pixel_attention_mask"),
     "mistral3": ("pixel_values",),
+    "mllama": ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"),
 }
-
-
-def _per_token(tensor: torch.Tensor, length: int) -> bool:
-    """A [1, tokens, ...] tensor of more than two dimensions, aligned with the prompt."""
-    return tensor.dim() > 2 and tensor.shape[0] == 1 and tensor.shape[1] == length
 
 
 @dataclass(frozen=True)
@@ -139,15 +136,14 @@ class Engine:
         input_ids = encoded.pop("input_ids")[0]
         encoded.pop("attention_mask", None)
         length = int(input_ids.shape[0])
-        seq_extras = {k: v[0] for k, v in encoded.items() if v.dim() == 2 and v.shape[1] == length}
+        # Per-token tensors: [1, tokens] (token types) or more dimensions (Mllama's cross-attention
+        # mask: token x image x tile); kept as [tokens, ...].
+        seq_extras = {k: v[0] for k, v in encoded.items() if v.dim() >= 2 and v.shape[:2] == (1, length)}
         image_extras = {k: v for k, v in encoded.items() if k not in seq_extras and isinstance(v, torch.Tensor)}
         cut = self._truncation(input_ids)
         if cut:
             input_ids = input_ids[cut:]
             seq_extras = {k: v[cut:] for k, v in seq_extras.items()}
-            # Per-token tensors with more dimensions (Mllama's cross-attention mask: token x
-            # image x tile) lose the same tokens.
-            image_extras = {k: v[:, cut:] if _per_token(v, length) else v for k, v in image_extras.items()}
         return PreparedRow(
             job,
             input_ids,

@@ -17,9 +17,9 @@ _ALL = [
         "Llama 3.2 Vision (Mllama)",
         "MllamaForConditionalGeneration",
         llama.mllama,
-        notes="image rows batch only with image rows of the same length and image/tile counts "
-        "(cross-attention inputs are per batch row)",
-        one_call=False,
+        notes="rows with images and rows without run as two generate calls (cross-attention inputs are per "
+        "batch row, as with Mllama's own processor)",
+        generate_calls=2,
     ),
     Family("mistral3", "Mistral 3 / Pixtral", "Mistral3ForConditionalGeneration", mistral.mistral3),
     Family("internvl", "InternVL 3", "InternVLForConditionalGeneration", internvl.internvl),

@@ -44,9 +44,9 @@ class Family:
     # capability -> why it is not supported (the matrix asserts the declared behaviour).
     limits: Mapping[str, str] = field(default_factory=dict)
     notes: str = ""
-    # Whether rows with and without images, of any sizes, share one generate call (the matrix
-    # asserts it); False: they are split into shape-compatible generate calls instead.
-    one_call: bool = True
+    # Generate calls the matrix's mixed micro-batch (rows with and without images, of several
+    # sizes) takes: 1 when every row shares one call (the matrix asserts the number).
+    generate_calls: int = 1
 
     @property
     def available(self) -> bool:
