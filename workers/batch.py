@@ -137,7 +137,8 @@ def collate(rows: Sequence[PreparedRow], pad_id: int, device: torch.device, floa
         attention[i, pad:] = 1
         for key, tensor in row.seq_extras.items():
             # Left-padded along the tokens; zero-padded at the end of any further dimension.
-            seq_tensors[key][(i, slice(pad, None), *(slice(0, n) for n in tensor.shape[1:]))] = tensor
+            index: tuple[int | slice, ...] = (i, slice(pad, None), *(slice(0, n) for n in tensor.shape[1:]))
+            seq_tensors[key][index] = tensor
     inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention, **seq_tensors}
     image_keys = sorted({k for r in rows for k in r.image_extras})
     for key in image_keys:
