@@ -39,13 +39,13 @@ def run(engine: Engine, *items: tuple[JobPayload, list[Image.Image]]) -> list[Ro
 
 
 @by_family
-def test_loads_with_the_worker_loader(family: str, family_engine: Engine) -> None:
+def test_loads_with_the_worker_loader(family: str, family_engine: Engine, families_root: Path) -> None:
     m = family_engine.m
     assert m.model.config.architectures == [FAMILIES[family].architecture]
     assert m.dtype == torch.float32 and m.attn in ("sdpa", "eager")
     assert m.supports_images == FAMILIES[family].images
     # flash-attention is absent on a CPU: the loader falls back instead of failing.
-    settings = family_settings(family, ATTN_IMPL="flash_attention_2", DTYPE="bf16")
+    settings = family_settings(families_root, family, ATTN_IMPL="flash_attention_2", DTYPE="bf16")
     fallback = load_model(settings, torch.device("cpu"), lambda _: None)
     assert fallback.attn == "sdpa" and fallback.dtype == torch.bfloat16
     images = [WIDE] if FAMILIES[family].supports("image") else []

@@ -73,3 +73,22 @@ def ensure_family_model(family: Family, root: Path) -> Path:
         if (out_dir / MARKER).is_file():
             return out_dir
         return build_family_model(family, out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m workers.tiny_models.build FAMILY OUT_DIR`: a model folder to serve or benchmark."""
+    import argparse
+
+    from workers.tiny_models.families import FAMILIES
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("family", choices=sorted(FAMILIES))
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(build_family_model(FAMILIES[args.family], args.out_dir, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,8 +12,8 @@ VOCAB_SIZE = 1024
 
 
 @lru_cache(maxsize=1)
-def _base_model() -> tuple[Any, tuple[str, ...]]:
-    """BPE vocabulary and merges, trained once per process (the same for every family)."""
+def _base_model() -> str:
+    """BPE vocabulary and merges (serialized), trained once per process, the same for every family."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -22,7 +22,7 @@ def _base_model() -> tuple[Any, tuple[str, ...]]:
         vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tok.train_from_iterator(corpus(), trainer)
-    return tok.to_str(), ()
+    return str(tok.to_str())
 
 
 def train_tokenizer(
@@ -39,7 +39,7 @@ def train_tokenizer(
     from tokenizers import AddedToken, Tokenizer, decoders
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer.from_str(_base_model()[0])
+    tok = Tokenizer.from_str(_base_model())
     tok.decoder = decoders.ByteLevel()
     every = list(dict.fromkeys([*specials, *(named or {}).values(), eos, pad, *([bos] if bos else [])]))
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in every])
