@@ -7,6 +7,7 @@ import itertools
 import time
 from typing import Any
 
+import msgspec
 import numpy as np
 from PIL import Image
 
@@ -46,3 +47,15 @@ def job(text: str, images: int = 0, *, system: str | None = None, stream: bool =
 def essence(rows: list[RowOutput]) -> list[tuple[object, ...]]:
     """What must be identical alone and batched; timings are not."""
     return [(r.text, r.finish_reason, r.prompt_tokens, r.completion_tokens, r.seed) for r in rows]
+
+
+def with_blobs(payload: JobPayload, blobs: list[str]) -> JobPayload:
+    """The job with its image parts pointing at stored blobs, in order."""
+    digests = iter(blobs)
+    messages = tuple(
+        msgspec.structs.replace(
+            m, content=tuple(ImagePart(next(digests)) if isinstance(p, ImagePart) else p for p in m.content)
+        )
+        for m in payload.messages
+    )
+    return msgspec.structs.replace(payload, messages=messages)

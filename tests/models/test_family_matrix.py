@@ -7,7 +7,9 @@ are asserted here: what a family supports must work, and what it does not must b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 import torch
 from PIL import Image
@@ -15,10 +17,10 @@ from PIL import Image
 from shared import keys
 from shared.blob_local import LocalBlobStore
 from shared.blobstore import put_image
-from shared.contract import JobError, JobPayload, JobResult
+from shared.contract import ImagePart, JobError, JobPayload, JobResult, Message, TextPart
 from shared.errors import InvalidRequest
 from shared.prompt import render_prompt
-from tests.models.cases import SQUARE, TALL, WIDE, essence, job, png
+from tests.models.cases import SQUARE, TALL, WIDE, essence, job, png, with_blobs
 from tests.models.conftest import family_settings
 from tests.support.procs import RedisServer
 from workers.batch import MIN_FILL
@@ -61,7 +63,7 @@ def test_requests_through_the_batch_runner(family: str, family_engine: Engine, t
     blobs = [put_image(store, png(image)) for image in (WIDE, TALL)]
     jobs = {"text": job("describe a dog"), "image": job("what is it", 1), "multi-image": job("compare them", 2)}
     runner = BatchRunner(family_engine, ImageLoader(store, family_engine.settings), "matrix")
-    items = [BatchItem(_with_blobs(p, blobs), 0.0) for p in jobs.values()]
+    items = [BatchItem(with_blobs(p, blobs), 0.0) for p in jobs.values()]
     outcomes = dict(zip(jobs, runner.run(items), strict=True))
     for name, outcome in outcomes.items():
         if spec.supports(name):
@@ -69,22 +71,6 @@ def test_requests_through_the_batch_runner(family: str, family_engine: Engine, t
             assert outcome.completion_tokens > 0
         else:
             assert isinstance(outcome, JobError) and outcome.status == 400, f"{spec.name} {name}: {outcome}"
-
-
-def _with_blobs(payload: JobPayload, blobs: list[str]) -> JobPayload:
-    """The job with its image parts pointing at stored blobs, in order."""
-    import msgspec
-
-    from shared.contract import ImagePart
-
-    digests = iter(blobs)
-    messages = tuple(
-        msgspec.structs.replace(
-            m, content=tuple(ImagePart(next(digests)) if isinstance(p, ImagePart) else p for p in m.content)
-        )
-        for m in payload.messages
-    )
-    return msgspec.structs.replace(payload, messages=messages)
 
 
 def _mixed(spec: Family) -> list[tuple[JobPayload, list[Image.Image]]]:
@@ -194,19 +180,27 @@ def test_apply_template_equals_the_processors_rendering(family: str, family_engi
     if getattr(m.processor, "chat_template", None) is None and getattr(m.tokenizer, "chat_template", None) is None:
         pytest.skip(f"{FAMILIES[family].name} ships no chat template (prompts are task prefixes)")
     images = 2 if FAMILIES[family].images else 0
-    payload = job("what differs between them?", images, system="Answer briefly.")
-    conversation = [
+    question = [{"type": "image"}] * images + [{"type": "text", "text": "what differs between them?"}]
+    conversation: list[dict[str, Any]] = [
         {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
-        {
-            "role": "user",
-            "content": [{"type": "image"}] * images + [{"type": "text", "text": "what differs between them?"}],
-        },
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": [{"type": "text", "text": "The colours."}]},
+        {"role": "user", "content": [{"type": "text", "text": "And the sizes?"}]},
     ]
+    messages = tuple(
+        Message(
+            c["role"],
+            tuple(
+                ImagePart(f"i{i}") if p["type"] == "image" else TextPart(p["text"]) for i, p in enumerate(c["content"])
+            ),
+        )
+        for c in conversation
+    )
     if not FAMILIES[family].images:  # text models' templates take plain string content
         conversation = [{"role": c["role"], "content": c["content"][-1]["text"]} for c in conversation]
     expected = m.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     try:
-        ours = render_prompt(m.card.chat_template, m.card.template_kwargs, payload.messages)
+        ours = render_prompt(m.card.chat_template, m.card.template_kwargs, messages)
     except InvalidRequest:
         pytest.fail("the service's renderer rejected what the processor renders")
     assert ours == expected
@@ -215,8 +209,6 @@ def test_apply_template_equals_the_processors_rendering(family: str, family_engi
 @by_family
 def test_left_truncation_never_cuts_an_image(family: str, family_engine: Engine) -> None:
     long_text = " ".join(f"word{i}" for i in range(400))
-    import msgspec
-
     tight = Engine(family_engine.m, msgspec.structs.replace(family_engine.settings, max_input_tokens=128))
     if FAMILIES[family].supports("text"):
         text_row = tight.prepare(job(long_text), [])
