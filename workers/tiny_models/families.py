@@ -9,7 +9,14 @@ _ALL = [
     Family("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", qwen.qwen2_5_vl),
     Family("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", qwen.qwen3_vl),
     Family("gemma3", "Gemma 3", "Gemma3ForConditionalGeneration", gemma.gemma3),
-    Family("idefics3", "Idefics3 / SmolVLM", "Idefics3ForConditionalGeneration", idefics.idefics3),
+    Family(
+        "idefics3",
+        "Idefics3 / SmolVLM",
+        "Idefics3ForConditionalGeneration",
+        idefics.idefics3,
+        notes="SmolVLM2 checkpoints (model type `smolvlm`) need the `num2words` package, which the "
+        "project does not install: their processor fails at start-up saying so",
+    ),
     Family("llava_onevision", "LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", llava.llava_onevision),
     Family("llava_next", "LLaVA-NeXT", "LlavaNextForConditionalGeneration", llava.llava_next),
     Family(
