@@ -10,7 +10,7 @@ TORCHVISION_VERSION ?= 0.29.1
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.omega-installed
 
-.PHONY: setup run test lint typecheck unit bench demo-model clean system-deps
+.PHONY: setup run test lint typecheck unit models supported-models bench demo-model clean system-deps
 
 # Python venv support and redis-server are the only system packages needed.
 system-deps:
@@ -41,6 +41,13 @@ test: setup lint
 
 unit: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The model-family matrix (also part of `make test`) and the README table generated from it.
+models: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/models $(PYTEST_ARGS)
+
+supported-models: setup
+	$(PY) -m workers.tiny_models.table --write
 
 bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

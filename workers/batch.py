@@ -23,17 +23,23 @@ class PreparedRow:
     job: JobPayload
     input_ids: torch.Tensor  # 1-D, after truncation
     plan: RowPlan
-    seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # 1-D, aligned with input_ids
+    seq_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # [tokens, ...], aligned with input_ids
     image_extras: dict[str, torch.Tensor] = field(default_factory=dict)  # first dim = images/patches
     truncated_tokens: int = 0
     pixels: int = 0  # of the decoded images, for the batch pixel budget
+    # Rows join a group only with rows of the same layout: a model whose image inputs have one
+    # entry per batch row (Mllama) cannot batch a row with images and one without.
+    layout: str = ""
+    # Per-image tensors that may be zero-padded to the group's largest (see PADDED_PIXELS).
+    paddable: tuple[str, ...] = ()
 
     @property
     def prompt_tokens(self) -> int:
         return int(self.input_ids.shape[0])
 
     def signature(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape[1:]) for k, v in self.image_extras.items()}
+        """Trailing shapes that must match to concatenate; a paddable tensor needs only its rank."""
+        return {k: (v.dim(),) if k in self.paddable else tuple(v.shape[1:]) for k, v in self.image_extras.items()}
 
 
 def group_compatible(rows: Sequence[PreparedRow]) -> list[list[PreparedRow]]:
@@ -42,6 +48,8 @@ def group_compatible(rows: Sequence[PreparedRow]) -> list[list[PreparedRow]]:
     for row in rows:
         sig = row.signature()
         for group_sig, members in groups:
+            if members[0].layout != row.layout:
+                continue
             if all(group_sig.get(k, shape) == shape for k, shape in sig.items()):
                 group_sig.update(sig)
                 members.append(row)
@@ -85,6 +93,31 @@ def plan_groups(
     return planned
 
 
+def _padded(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zero-pad tensors of one rank to their largest trailing shape, at the end of each dimension
+    (as the family's own processor pads a batch: more tiles, taller, wider)."""
+    shape = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors), strict=True)]
+    out = []
+    for tensor in tensors:
+        if list(tensor.shape[1:]) == shape:
+            out.append(tensor)
+            continue
+        padded = tensor.new_zeros((tensor.shape[0], *shape))
+        padded[(slice(None), *(slice(0, n) for n in tensor.shape[1:]))] = tensor
+        out.append(padded)
+    return out
+
+
+def _sequence_tensors(rows: Sequence[PreparedRow], width: int) -> dict[str, torch.Tensor]:
+    """Zeros for each per-token input: [rows, width, largest trailing shape]."""
+    out: dict[str, torch.Tensor] = {}
+    for key in sorted({k for r in rows for k in r.seq_extras}):
+        tensors = [r.seq_extras[key] for r in rows if key in r.seq_extras]
+        trailing = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors), strict=True)]
+        out[key] = torch.zeros((len(rows), width, *trailing), dtype=tensors[0].dtype)
+    return out
+
+
 @dataclass
 class CollatedBatch:
     inputs: dict[str, torch.Tensor]
@@ -98,18 +131,18 @@ def collate(rows: Sequence[PreparedRow], pad_id: int, device: torch.device, floa
     pads = [width - r.prompt_tokens for r in rows]
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
-    seq_keys = sorted({k for r in rows for k in r.seq_extras})
-    seq_tensors = {k: torch.zeros((len(rows), width), dtype=torch.long) for k in seq_keys}
+    seq_tensors = _sequence_tensors(rows, width)
     for i, (row, pad) in enumerate(zip(rows, pads, strict=True)):
         input_ids[i, pad:] = row.input_ids
         attention[i, pad:] = 1
-        for key in seq_keys:
-            if key in row.seq_extras:
-                seq_tensors[key][i, pad:] = row.seq_extras[key]
+        for key, tensor in row.seq_extras.items():
+            # Left-padded along the tokens; zero-padded at the end of any further dimension.
+            index: tuple[int | slice, ...] = (i, slice(pad, None), *(slice(0, n) for n in tensor.shape[1:]))
+            seq_tensors[key][index] = tensor
     inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention, **seq_tensors}
     image_keys = sorted({k for r in rows for k in r.image_extras})
     for key in image_keys:
-        inputs[key] = torch.cat([r.image_extras[key] for r in rows if key in r.image_extras], dim=0)
+        inputs[key] = torch.cat(_padded([r.image_extras[key] for r in rows if key in r.image_extras]), dim=0)
     moved = {
         k: v.to(device, dtype=float_dtype if v.is_floating_point() else v.dtype, non_blocking=True)
         for k, v in inputs.items()

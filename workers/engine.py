@@ -31,6 +31,27 @@ from workers.streaming import DeltaPublisher, DeltaTracker
 log = logging.getLogger("omega.worker.engine")
 
 
+# Image inputs that hold one entry per batch row rather than per image (Mllama's pixel values are
+# [row, image, tile, ...] and its cross-attention layers index them by row): rows with such inputs
+# batch only with other rows that have images (as with Mllama's own processor).
+PER_ROW_IMAGE_INPUTS = frozenset({"aspect_ratio_ids"})
+PER_ROW_IMAGES = "per-row images"
+
+# Families whose processors zero-pad pixel tensors to the largest image of a batch, and whose
+# models then read each image's real extent (image_sizes: LLaVA-NeXT/OneVision keep an image's
+# own tiles, Pixtral crops its patch grid), drop all-zero tiles (Idefics3), or mask padded images
+# and tiles out of cross-attention (Mllama): rows with images of different sizes and counts share
+# one generate call when padded the same way.
+PADDED_PIXELS: dict[str, tuple[str, ...]] = {
+    "llava_next": ("pixel_values",),
+    "llava_onevision": ("pixel_values",),
+    "idefics3": ("pixel_values", "pixel_attention_mask"),
+    "smolvlm": ("pixel_values", "pixel_attention_mask"),
+    "mistral3": ("pixel_values",),
+    "mllama": ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"),
+}
+
+
 @dataclass(frozen=True)
 class RowOutput:
     text: str
@@ -86,10 +107,21 @@ class Engine:
             return dict(tokenizer([text], return_tensors="pt", add_special_tokens=add_special))
         try:
             return dict(
-                processor(text=[text], images=list(images) or None, return_tensors="pt", add_special_tokens=add_special)
+                # One list of images per prompt: the unambiguous form (a flat list of two images
+                # reads as one image per prompt to PaliGemma's processor).
+                processor(
+                    text=[text],
+                    images=[list(images)] if images else None,
+                    return_tensors="pt",
+                    add_special_tokens=add_special,
+                )
             )
         except ValueError as exc:
             log.info("processor rejected job %s: %s", job.id, exc)
+            if not images and "expected" in str(exc):  # PaliGemma: every prompt needs an image
+                raise InvalidRequest(
+                    "this model needs at least one image in every request", param="messages", code="image_required"
+                ) from None
             raise InvalidRequest(
                 "the prompt's image placeholders do not match its images "
                 "(the text may contain the model's image token)",
@@ -104,7 +136,9 @@ class Engine:
         input_ids = encoded.pop("input_ids")[0]
         encoded.pop("attention_mask", None)
         length = int(input_ids.shape[0])
-        seq_extras = {k: v[0] for k, v in encoded.items() if v.dim() == 2 and v.shape[1] == length}
+        # Per-token tensors: [1, tokens] (token types) or more dimensions (Mllama's cross-attention
+        # mask: token x image x tile); kept as [tokens, ...].
+        seq_extras = {k: v[0] for k, v in encoded.items() if v.dim() >= 2 and v.shape[:2] == (1, length)}
         image_extras = {k: v for k, v in encoded.items() if k not in seq_extras and isinstance(v, torch.Tensor)}
         cut = self._truncation(input_ids)
         if cut:
@@ -118,6 +152,8 @@ class Engine:
             image_extras,
             truncated_tokens=cut,
             pixels=sum(image.width * image.height for image in images),
+            layout=PER_ROW_IMAGES if PER_ROW_IMAGE_INPUTS & image_extras.keys() else "",
+            paddable=PADDED_PIXELS.get(self.m.model.config.model_type, ()),
         )
 
     def _truncation(self, input_ids: torch.Tensor) -> int:

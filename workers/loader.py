@@ -86,7 +86,7 @@ def _hub_kwargs(settings: Settings) -> dict[str, Any]:
 def _load_weights(
     path: str, settings: Settings, device: torch.device, dtype: torch.dtype, step: Callable[[str], None]
 ) -> tuple[Any, str, bool]:
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
     last_error: Exception | None = None
     candidates = attention_candidates(settings.attn_impl, settings.attn_strict, device, dtype)
@@ -104,7 +104,7 @@ def _load_weights(
             except ValueError as exc:
                 if "Unrecognized configuration class" not in str(exc):
                     raise
-                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+                model = _text_model(path, kwargs)
                 supports_images = False
             return model.to(device).eval(), attn, supports_images
         except (ImportError, ValueError) as exc:  # attention kernel missing or unsupported
@@ -118,6 +118,24 @@ def _load_weights(
         f"could not load the model with ATTN_IMPL={settings.attn_impl}"
         f"{' (ATTN_STRICT is on)' if settings.attn_strict else ''}: {last_error}"
     )
+
+
+def _text_model(path: str, kwargs: dict[str, Any]) -> Any:
+    """A text-only model; a model type neither auto class serves (an encoder-decoder, an audio
+    model) is a start-up error naming it, not an attention fallback."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" not in str(exc):
+            raise
+        hub = {k: kwargs[k] for k in ("trust_remote_code", "revision", "token", "cache_dir") if k in kwargs}
+        model_type = AutoConfig.from_pretrained(path, **hub).model_type
+        raise ModelLoadError(
+            f"model type {model_type!r} is not served: the worker runs image-text-to-text and causal "
+            "language models (see the supported-models table in README.md)"
+        ) from None
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
