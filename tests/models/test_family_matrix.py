@@ -6,6 +6,7 @@ are asserted here: what a family supports must work, and what it does not must b
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,12 @@ from shared.errors import InvalidRequest
 from shared.prompt import render_prompt
 from tests.models.cases import SQUARE, TALL, WIDE, essence, job, png, with_blobs
 from tests.models.conftest import family_settings
-from tests.support.procs import RedisServer
+from tests.support.procs import RedisServer, wait_for
 from workers.batch import MIN_FILL
 from workers.engine import Engine, RowOutput
 from workers.images import ImageLoader
 from workers.loader import load_model
-from workers.runner import BatchItem, BatchRunner
+from workers.runner import MicroBatchItem, MicroBatchRunner
 from workers.streaming import DeltaPublisher
 from workers.tiny_models.families import FAMILIES
 from workers.tiny_models.spec import Family
@@ -62,8 +63,8 @@ def test_requests_through_the_batch_runner(family: str, family_engine: Engine, t
     store = LocalBlobStore(tmp_path)
     blobs = [put_image(store, png(image)) for image in (WIDE, TALL)]
     jobs = {"text": job("describe a dog"), "image": job("what is it", 1), "multi-image": job("compare them", 2)}
-    runner = BatchRunner(family_engine, ImageLoader(store, family_engine.settings), "matrix")
-    items = [BatchItem(with_blobs(p, blobs), 0.0) for p in jobs.values()]
+    runner = MicroBatchRunner(family_engine, ImageLoader(store, family_engine.settings), "matrix")
+    items = [MicroBatchItem(with_blobs(p, blobs), 0.0) for p in jobs.values()]
     outcomes = dict(zip(jobs, runner.run(items), strict=True))
     for name, outcome in outcomes.items():
         if spec.supports(name):
@@ -168,10 +169,15 @@ def test_streamed_text_equals_the_final_text(family: str, family_engine: Engine,
     streaming = Engine(family_engine.m, family_engine.settings, publisher)
     payload = job("stream this", len(images), stream=True, max_new_tokens=16)
     streamed = run(streaming, (payload, images))[0]
-    publisher.close()  # joins the publishing thread: every delta is in Redis now
-    deltas = [fields[b"d"].decode() for _, fields in conn.xrange(keys.job_stream(payload.id))]
     assert streamed.text == plain.text
-    assert "".join(deltas) == plain.text and len(deltas) > 1
+
+    def deltas() -> list[str]:
+        return [fields[b"d"].decode() for _, fields in conn.xrange(keys.job_stream(payload.id))]
+
+    # The publisher writes from its own thread: wait until it has written as much text as the row made.
+    with contextlib.suppress(TimeoutError):  # the assertion below says what arrived
+        wait_for(lambda: len("".join(deltas())) >= len(plain.text), 10, "the streamed deltas")
+    assert "".join(deltas()) == plain.text and len(deltas()) > 1
 
 
 @by_family
