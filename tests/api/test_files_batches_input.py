@@ -66,7 +66,9 @@ async def test_batch_of_an_unknown_file_is_404(strict_client: Client) -> None:
 )
 async def test_bad_batch_bodies_are_400(strict_client: Client, body: dict) -> None:
     good = (await upload(strict_client, b'{"custom_id": "x"}\n', **AUTH)).json()["id"]
-    assert_openai_error(await strict_client.post("/v1/batches", json={"input_file_id": good, **body}, headers=AUTH), 400)
+    assert_openai_error(
+        await strict_client.post("/v1/batches", json={"input_file_id": good, **body}, headers=AUTH), 400
+    )
 
 
 async def test_batch_without_an_input_file_is_400(strict_client: Client) -> None:
@@ -93,4 +95,3 @@ async def small_files(
 async def test_file_over_the_size_limit_is_413(small_files: Client) -> None:
     big = b"\n".join(b'{"custom_id": "%d", "pad": "%s"}' % (i, b"x" * 100) for i in range(200))
     assert_openai_error(await upload(small_files, big), 413)
-

@@ -109,9 +109,7 @@ class InProcessWorker:
             heartbeat_at=now,
             model=engine.m.card,
         )
-        self.member = FleetMember(
-            self.redis, info, period_s=settings.worker_heartbeat_s, ttl_s=settings.worker_ttl_s
-        )
+        self.member = FleetMember(self.redis, info, period_s=settings.worker_heartbeat_s, ttl_s=settings.worker_ttl_s)
         self.runner = BatchRunner(engine, ImageLoader(create_blob_store(settings), engine.settings), worker_id)
         self.batch_sizes: list[int] = []
 
@@ -165,4 +163,3 @@ class InProcessWorker:
             thread.join(timeout_s)
         if failures:
             raise failures[0]
-
