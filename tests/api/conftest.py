@@ -1,8 +1,9 @@
 """The in-process API tier: the real app (Litestar's AsyncTestClient, lifespan included) on the
-session's redis-server, with an in-process demo-model worker. No process is spawned.
+session's redis-server. No process is spawned.
 
-tests/support/inproc.py is imported inside the fixtures: it loads torch, which the pure unit
-tests of this folder do not need.
+`client` and `strict_client` route to the `fleet` fixture: by default the record of a ready
+worker without a model (tests of refused requests need no more and load no torch); a module that
+needs real completions overrides `fleet` with `inproc_worker`, which serves the demo model.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from redis import Redis
 from shared.settings import Settings
 from tests.conftest import STRICT_KEY
 from tests.support.assertions import job_keys
+from tests.support.inproc import DB, api_client, fleet_member, service_settings
 from tests.support.procs import RedisServer
 
 if TYPE_CHECKING:
-    from tests.support.inproc import InProcessWorker
+    from tests.support.inproc_worker import InProcessWorker
     from workers.engine import Engine
 
 Client = AsyncTestClient[Litestar]
@@ -41,31 +43,38 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session")
-def inproc_engine(demo_model_dir: Path) -> Engine:
-    from tests.support.inproc import load_engine
-
-    return load_engine(demo_model_dir)
-
-
 @pytest.fixture(scope="module")
 def inproc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("inproc")
 
 
 @pytest.fixture(scope="module")
-def inproc_settings(redis_server: RedisServer, inproc_dir: Path, demo_model_dir: Path) -> Settings:
+def inproc_settings(redis_server: RedisServer, inproc_dir: Path) -> Settings:
     """Open API settings on a freshly emptied database (each test module starts clean)."""
-    from tests.support.inproc import DB, service_settings
-
     redis_server.client(DB).flushdb()
-    return service_settings(redis_server.url(DB), inproc_dir, demo_model_dir)
+    return service_settings(redis_server.url(DB), inproc_dir)
+
+
+@pytest.fixture(scope="module")
+def fleet(inproc_settings: Settings) -> Iterator[object]:
+    """A ready worker in the fleet that never runs anything: requests are refused before that."""
+    member = fleet_member(inproc_settings)
+    member.start()
+    yield member
+    member.leave()
+
+
+@pytest.fixture(scope="session")
+def inproc_engine(demo_model_dir: Path) -> Engine:
+    from tests.support.inproc_worker import load_engine
+
+    return load_engine(demo_model_dir)
 
 
 @pytest.fixture(scope="module")
 def inproc_worker(inproc_engine: Engine, inproc_settings: Settings) -> Iterator[InProcessWorker]:
-    """A ready worker in the fleet; it runs jobs when a test drains it or serves with it."""
-    from tests.support.inproc import InProcessWorker
+    """A ready worker with the demo model; it runs jobs when a test drains it or serves with it."""
+    from tests.support.inproc_worker import InProcessWorker
 
     worker = InProcessWorker(inproc_engine, inproc_settings)
     worker.join()
@@ -74,24 +83,17 @@ def inproc_worker(inproc_engine: Engine, inproc_settings: Settings) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-async def client(inproc_settings: Settings, inproc_worker: InProcessWorker) -> AsyncIterator[Client]:
+async def client(inproc_settings: Settings, fleet: object) -> AsyncIterator[Client]:
     """The open API (no key), as the e2e `stack` runs it."""
-    from tests.support.inproc import api_client
-
     async with api_client(inproc_settings) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-async def strict_client(
-    redis_server: RedisServer, inproc_dir: Path, demo_model_dir: Path, inproc_worker: InProcessWorker
-) -> AsyncIterator[Client]:
+async def strict_client(inproc_settings: Settings, inproc_dir: Path, fleet: object) -> AsyncIterator[Client]:
     """A second API on the same fleet: key on, remote images off, small limits. Sends no key:
     each request says which it sends."""
-    from tests.support.inproc import DB, api_client, service_settings
-
-    settings = service_settings(redis_server.url(DB), inproc_dir, demo_model_dir, **STRICT_ENV)
-    async with api_client(settings) as c:
+    async with api_client(service_settings(inproc_settings.redis_url, inproc_dir, **STRICT_ENV)) as c:
         yield c
 
 

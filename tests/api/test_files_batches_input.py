@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.settings import Settings
 from tests.api.conftest import STRICT_KEY, Client
 from tests.support.assertions import assert_openai_error
-from tests.support.procs import RedisServer
+from tests.support.inproc import api_client, service_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -82,12 +83,8 @@ async def test_files_and_batches_need_the_key(strict_client: Client) -> None:
 
 
 @pytest.fixture(scope="module")
-async def small_files(
-    redis_server: RedisServer, inproc_dir: Path, demo_model_dir: Path, inproc_worker: object
-) -> AsyncIterator[Client]:
-    from tests.support.inproc import DB, api_client, service_settings
-
-    settings = service_settings(redis_server.url(DB), inproc_dir, demo_model_dir, MAX_FILE_BYTES="10000")
+async def small_files(inproc_settings: Settings, inproc_dir: Path, fleet: object) -> AsyncIterator[Client]:
+    settings = service_settings(inproc_settings.redis_url, inproc_dir, MAX_FILE_BYTES="10000")
     async with api_client(settings) as c:
         yield c
 

@@ -8,9 +8,16 @@ from redis import Redis
 
 from tests.api.conftest import Client
 from tests.support.images import data_url, image_bytes
-from tests.support.inproc import InProcessWorker
+from tests.support.inproc_worker import InProcessWorker
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def fleet(inproc_worker: InProcessWorker) -> InProcessWorker:
+    """The apps of this module route to the real in-process worker."""
+    return inproc_worker
+
 
 SEEDED = {
     "messages": [
