@@ -95,12 +95,17 @@ def test_gpu_engine_benchmark_runs_its_whole_path_on_a_tiny_model(tmp_path: Path
     assert "Memory-bandwidth floor:" in text and "Batch 32 vs single stream (engine):" in text
 
 
+def _worktrees() -> list[str]:
+    listed = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    return sorted(line for line in listed.stdout.splitlines() if line.startswith("worktree "))
+
+
 def test_engine_ab_compares_a_commit_with_the_work_tree() -> None:
+    before_run = _worktrees()
     out = run_module("benchmarks.engine_ab", "HEAD", "--tokens", "4", "--rounds", "1", "--alternations", "1", timeout=600)
     assert "| output tokens/s | before (HEAD) | after (work tree) | after / before |" in out
     for key in ("sampled, batch 1", "sampled, batch 8", "greedy, batch 1", "greedy, batch 8"):
         row = next(line for line in out.splitlines() if line.startswith(f"| {key} |"))
         before, after, ratio = (cell.strip() for cell in row.strip("|").split("|")[1:])
         assert float(before) > 0 and float(after) > 0 and ratio.endswith("x")
-    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert len(worktrees.stdout.strip().splitlines()) == 1  # its temporary worktree is gone
+    assert _worktrees() == before_run  # its temporary worktree is gone

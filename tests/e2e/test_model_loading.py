@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.load_failures import EXIT_START_FAILED
 from tests.support.model_folders import lay_out_hub_cache
 from tests.support.procs import ServiceProcess, service_env, wait_for
 from tests.support.stack import Stack, StackFactory
@@ -57,5 +58,5 @@ def test_a_hub_id_missing_offline_stops_the_worker_plainly(hub_stack: Stack) -> 
     assert str(seen[-1]["startup_error"]).startswith(expected)  # the setting, never the source
     assert seen[-1]["ready"]  # the healthy worker keeps serving
     wait_for(lambda: not worker.alive(), 60, "the worker to give up")
-    assert worker.stop() == 1
+    assert worker.stop() == EXIT_START_FAILED  # a failed start, not a crash: the supervisor stops retrying
     assert expected in worker.log() and "Traceback" not in worker.log()
