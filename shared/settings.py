@@ -147,6 +147,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     uvicorn_workers: Annotated[Annotated[int, Meta(ge=1, le=64)], Opt("API processes (the API holds no model)")] = 1
     api_key: Annotated[str | None, Opt("Bearer key for /v1/*, /generate and the docs")] = None
     max_request_bytes: Annotated[PositiveInt, Opt("Largest request body (413)")] = 32 * 1024 * 1024
+    # --- request shape, prompt size and slow clients (issue 12, items 4, 5, 8) ---------------
+    # A JSON body's values are counted (cheaply, an overestimate: `{`, `[` and `,` bytes) before it
+    # is decoded: decoding holds the GIL, so a body of a million tiny values would stall the loop
+    # even in a thread. Messages and parts are OpenAI's bound (2048 messages).
+    max_json_items: Annotated[PositiveInt, Opt("JSON values in one request body, counted before decoding (400)")] = (
+        65_536
+    )
+    max_messages: Annotated[PositiveInt, Opt("Messages in one chat request (400)")] = 2048
+    max_content_parts: Annotated[PositiveInt, Opt("Content parts of all messages of one request (400)")] = 4096
+    # Prompt text past this many characters is refused (400 context_length_exceeded) by the API
+    # and by the worker before rendering; below it, prompts are left-truncated to MAX_INPUT_TOKENS.
+    max_input_chars: Annotated[
+        NonNegInt, Opt("Prompt text characters per request (400); 0 = 16 x the prompt token limit")
+    ] = 0
+    header_timeout_s: Annotated[PositiveFloat, Opt("Seconds a client has to send a request's headers")] = 10.0
+    keep_alive_timeout_s: Annotated[PositiveFloat, Opt("Idle seconds before a keep-alive connection is closed")] = 5.0
+    max_connections: Annotated[
+        NonNegInt, Opt("Open connections + requests in progress per API process before 503 (0 = no limit)")
+    ] = 1024
 
     # --- images ------------------------------------------------------------------------------
     max_image_size: Annotated[Annotated[int, Meta(ge=16, le=16384)], Opt("Longest image side after resize")] = 1024
@@ -222,15 +241,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     image_fetch_per_request: Annotated[PositiveInt, Opt("Images of one request fetched at once")] = 4
     # Longest side over shortest side of one image (Qwen2-VL's resizer refuses over 200), and the
     # pixels of all images of one request together (0 = no limit).
-    max_image_aspect_ratio: Annotated[
-        float, Meta(ge=1), Opt("Longest over shortest side of an image (400 above)")
-    ] = 200.0
+    max_image_aspect_ratio: Annotated[float, Meta(ge=1), Opt("Longest over shortest side of an image (400 above)")] = (
+        200.0
+    )
     max_request_pixels: Annotated[NonNegInt, Opt("Pixels of all images of a request")] = 100_000_000
     # Consecutive failed starts after which `up`/`worker` stop restarting a worker.
     worker_max_restarts: Annotated[NonNegInt, Opt("Failed starts in a row before a worker is given up")] = 5
-    log_format: Annotated[
-        Literal["text", "json"], Opt("text | json (one object per line, for log shippers)")
-    ] = "text"
+    log_format: Annotated[Literal["text", "json"], Opt("text | json (one object per line, for log shippers)")] = "text"
     access_log: Annotated[bool, Opt("Log one line per API request")] = False
 
     def __repr__(self) -> str:
@@ -263,6 +280,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def input_token_limit(self) -> int:
         """Prompt tokens the worker keeps: MAX_INPUT_TOKENS, leaving room for one new token."""
         return min(self.max_input_tokens, self.max_model_length - 1)
+
+    @property
+    def input_char_limit(self) -> int:
+        """Prompt text characters accepted: MAX_INPUT_CHARS, or 16 per kept token (no tokenizer
+        averages more than a few characters per token on real text, so such a prompt would be
+        mostly cut anyway)."""
+        return self.max_input_chars or 16 * self.input_token_limit
 
     @property
     def data_path(self) -> Path:
