@@ -241,13 +241,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     image_fetch_per_request: Annotated[PositiveInt, Opt("Images of one request fetched at once")] = 4
     # Longest side over shortest side of one image (Qwen2-VL's resizer refuses over 200), and the
     # pixels of all images of one request together (0 = no limit).
-    max_image_aspect_ratio: Annotated[float, Meta(ge=1), Opt("Longest over shortest side of an image (400 above)")] = (
-        200.0
-    )
+    max_image_aspect_ratio: Annotated[
+        float, Meta(ge=1), Opt("Longest over shortest side of an image (400 above)")
+    ] = 200.0
     max_request_pixels: Annotated[NonNegInt, Opt("Pixels of all images of a request")] = 100_000_000
     # Consecutive failed starts after which `up`/`worker` stop restarting a worker.
     worker_max_restarts: Annotated[NonNegInt, Opt("Failed starts in a row before a worker is given up")] = 5
-    log_format: Annotated[Literal["text", "json"], Opt("text | json (one object per line, for log shippers)")] = "text"
+    log_format: Annotated[
+        Literal["text", "json"], Opt("text | json (one object per line, for log shippers)")
+    ] = "text"
     access_log: Annotated[bool, Opt("Log one line per API request")] = False
 
     def __repr__(self) -> str:
