@@ -2,8 +2,9 @@
 
 Bodies: JSON decoding holds the GIL (msgspec and Litestar's decoder are C code that never yield
 it), so a body of a million tiny values stalls every request for about a second even when decoded
-in a thread. Its values are counted first, with three byte counts (an overestimate: brackets and
-commas inside strings count too), and a body over MAX_JSON_ITEMS is refused before decoding.
+in a thread. Its values are counted first, as it arrives, with three byte counts per chunk (an
+overestimate: brackets and commas inside strings count too), and a body over MAX_JSON_ITEMS is
+refused before it is decoded.
 
 Connections: uvicorn closes idle keep-alive connections and caps concurrency (503), but has no
 deadline for a request's headers, so a client sending half a header line holds a connection
@@ -14,6 +15,7 @@ reverse proxy (README).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from litestar import Request
@@ -24,28 +26,34 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from shared.errors import InvalidRequest
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+_NOT_JSON = ("multipart/", "application/x-www-form-urlencoded")
 
 
 def json_items(body: bytes) -> int:
-    """An upper bound on the values a JSON document holds (each value but the first follows a
-    comma or opens a container)."""
-    return body.count(b"{") + body.count(b"[") + body.count(b",")
+    """An upper bound on the values a JSON document holds: the document itself, plus per
+    container its first value (counted by its bracket) and one more per comma."""
+    return 1 + body.count(b"{") + body.count(b"[") + body.count(b",")
 
 
 class BoundedJSONRequest(Request[Any, Any, Any]):
-    """The app's request class: refuses a JSON body with more values than MAX_JSON_ITEMS before
-    it is decoded."""
+    """The app's request class: a JSON body is refused once it holds more values than
+    MAX_JSON_ITEMS, counted chunk by chunk as it arrives (so the count never holds the loop and
+    the rest of such a body is never read, joined or decoded)."""
 
-    async def json(self) -> Any:
-        body = await self.body()
+    async def stream(self) -> AsyncGenerator[bytes, None]:
         limit = self.app.state.settings.max_json_items
-        # A body shorter than the limit cannot hold more values than it has bytes.
-        if len(body) > limit and (items := json_items(body)) > limit:
-            raise InvalidRequest(
-                f"the request body holds about {items} JSON values; at most {limit} are accepted (MAX_JSON_ITEMS)",
-                code="too_many_json_items",
-            )
-        return await super().json()
+        # Uploads are multipart files, not JSON values (their lines are checked on their own).
+        counted = not self.headers.get("content-type", "").startswith(_NOT_JSON)
+        items = 1
+        async for chunk in super().stream():
+            if counted:
+                items += json_items(chunk) - 1
+                if items > limit:
+                    raise InvalidRequest(
+                        f"the request body holds more than {limit} JSON values (MAX_JSON_ITEMS)",
+                        code="too_many_json_items",
+                    )
+            yield chunk
 
 
 class _HeaderDeadline:

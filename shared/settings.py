@@ -159,7 +159,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Prompt text past this many characters is refused (400 context_length_exceeded) by the API
     # and by the worker before rendering; below it, prompts are left-truncated to MAX_INPUT_TOKENS.
     max_input_chars: Annotated[
-        NonNegInt, Opt("Prompt text characters per request (400); 0 = 16 x the prompt token limit")
+        NonNegInt, Opt("Prompt text characters per request (400); 0 = 16 x the prompt token limit, at least 65536")
     ] = 0
     header_timeout_s: Annotated[PositiveFloat, Opt("Seconds a client has to send a request's headers")] = 10.0
     keep_alive_timeout_s: Annotated[PositiveFloat, Opt("Idle seconds before a keep-alive connection is closed")] = 5.0
@@ -285,10 +285,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def input_char_limit(self) -> int:
-        """Prompt text characters accepted: MAX_INPUT_CHARS, or 16 per kept token (no tokenizer
-        averages more than a few characters per token on real text, so such a prompt would be
-        mostly cut anyway)."""
-        return self.max_input_chars or 16 * self.input_token_limit
+        """Prompt text characters accepted: MAX_INPUT_CHARS, or 16 per kept token and at least
+        65,536 (tokenizers average a few characters per token on real text, so a longer prompt
+        would be mostly cut anyway; the floor keeps truncation useful under small token limits)."""
+        return self.max_input_chars or max(16 * self.input_token_limit, 65_536)
 
     @property
     def data_path(self) -> Path:
