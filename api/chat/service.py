@@ -197,13 +197,11 @@ class ChatService:
         if client_gone is not None:
             watched.add(asyncio.ensure_future(client_gone()))
         try:
-            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for future in watched - {waiting}:
-                future.cancel()
-            if not waiting.done():
-                waiting.cancel()
-        if not waiting.cancelled():
+            for future in watched:
+                future.cancel()  # no-op for the one that finished
+        if waiting in done:
             try:
                 return waiting.result()
             except GatewayTimeout:
