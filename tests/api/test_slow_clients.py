@@ -37,8 +37,7 @@ def api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def connect(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    return sock
+    return socket.create_connection((host, int(port)), timeout=10)
 
 
 def closed_after(sock: socket.socket) -> float:

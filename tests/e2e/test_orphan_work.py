@@ -69,22 +69,21 @@ def test_sdk_with_default_retries_runs_one_job_and_stops_it_at_the_timeout(stack
 def test_with_an_idempotency_key_retries_attach_to_the_one_job(stack: Stack, short_api: str) -> None:
     client = openai.OpenAI(base_url=f"{short_api}/v1", api_key="x", timeout=30)
     before = job_ids(stack)
+    outcome: object
     try:
-        reply = client.chat.completions.create(
+        outcome = client.chat.completions.create(
             model="omega",
             messages=MESSAGES,  # type: ignore[arg-type]
             max_tokens=TOKENS,
             extra_body={"min_tokens": TOKENS},
             extra_headers={"Idempotency-Key": f"story-{time.time_ns()}"},
         )
-        finished = reply.choices[0].finish_reason
     except openai.InternalServerError as exc:  # the job outlived all three tries: still one job
-        assert exc.status_code == 504
-        finished = None
+        outcome = exc.status_code
+    assert outcome == 504 or getattr(outcome, "object", None) == "chat.completion"
     new = job_ids(stack) - before
     assert len(new) == 1, new
     assert final_status(stack, new.pop(), 60) == "succeeded"
-    assert finished in (None, "length", "stop")
 
 
 def test_a_client_that_disconnects_stops_its_job(stack: Stack, patient_api: str) -> None:
