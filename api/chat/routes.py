@@ -50,6 +50,9 @@ class GenerateController(Controller):
 
     @post("", status_code=200, summary="Generate from a raw prompt (no chat template)")
     async def generate(
-        self, data: JSONBody[GenerateRequest], chat_service: NamedDependency[ChatService]
+        self,
+        data: JSONBody[GenerateRequest],
+        chat_service: NamedDependency[ChatService],
+        request: Request[Any, Any, Any],
     ) -> GenerateResponse:
-        return await chat_service.generate(data)
+        return await chat_service.generate(data, client_gone=lambda: client_gone(request))

@@ -207,12 +207,12 @@ class ChatService:
             except GatewayTimeout:
                 if keep:
                     raise GatewayTimeout(
-                        f"the job did not finish within {self.settings.request_timeout_s:g} s; it keeps running: "
+                        f"job {job_id} did not finish within {self.settings.request_timeout_s:g} s; it keeps running: "
                         f"retry with the same Idempotency-Key to wait for it, or poll GET /v1/jobs/{job_id}"
                     ) from None
                 await self.jobs.stop(job_id)
                 error = GatewayTimeout(
-                    f"the job did not finish within {self.settings.request_timeout_s:g} s and was canceled; "
+                    f"job {job_id} did not finish within {self.settings.request_timeout_s:g} s and was canceled; "
                     "send an Idempotency-Key to keep it running across retries, or use POST /v1/jobs"
                 )
                 # A retry would run the same work again into the same deadline: tell SDKs not to.
@@ -232,8 +232,11 @@ class ChatService:
         events = ChatStream(self.settings, self.dispatcher.blocking_redis, self.jobs, payload, model, include_usage)
         return events.events()
 
-    async def generate(self, data: GenerateRequest) -> GenerateResponse:
-        """The seeds' /generate: a raw prompt, no chat template, TGI's response shape."""
+    async def generate(
+        self, data: GenerateRequest, client_gone: Callable[[], Awaitable[object]] | None = None
+    ) -> GenerateResponse:
+        """The seeds' /generate: a raw prompt, no chat template, TGI's response shape; its job is
+        stopped when the client leaves or the wait times out, as chat's without a key."""
         started = time.perf_counter()
         refuse_long_prompt(len(data.inputs), self.settings.input_char_limit, "inputs")
         params = generate_params(data.parameters, self.settings)
@@ -241,7 +244,8 @@ class ChatService:
             id=uuid.uuid4().hex, kind="generate", prompt=data.inputs, params=params, created_at=time.time()
         )
         meta = JobMeta(model=self.settings.model_name, created_at=payload.created_at)
-        result = await self.dispatcher.run(payload, meta)
+        await self.dispatcher.submit(payload, meta, self.settings.result_ttl_s)
+        result = await self._wait(payload.id, client_gone, keep=False)
         log_success("generate", payload.id, time.perf_counter() - started, self.settings.model_name, result, params)
         text = data.inputs + result.text if data.parameters and data.parameters.return_full_text else result.text
         details = None
