@@ -22,8 +22,8 @@ MESSAGES = [{"role": "user", "content": "Write a long story."}]
 @pytest.fixture(scope="module")
 def short_api(stack: Stack) -> Iterator[str]:
     """An API on the shared fleet that gives up on a synchronous request after a second."""
-    yield stack.start_api("short-timeout", REQUEST_TIMEOUT_S="1", MAX_NEW_TOKENS_DEFAULT=str(TOKENS))
-    stack.stop_api("short-timeout")
+    yield stack.start_api("orphan-timeout", REQUEST_TIMEOUT_S="1", MAX_NEW_TOKENS_DEFAULT=str(TOKENS))
+    stack.stop_api("orphan-timeout")
 
 
 @pytest.fixture(scope="module")
