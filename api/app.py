@@ -23,6 +23,7 @@ from api.batches.routes import BatchesController
 from api.chat.routes import ChatController, GenerateController
 from api.errors import exception_handler
 from api.files.routes import FilesController
+from api.http_limits import BoundedJSONRequest
 from api.jobs.routes import JobsController
 from api.ops.metrics import MetricsController, prometheus_config
 from api.ops.models import ModelsController
@@ -86,6 +87,7 @@ def create_app(settings: Settings) -> Litestar:
         state=State({"settings": settings, "started_at": time.time()}),
         openapi_config=_openapi(settings),
         request_max_body_size=settings.max_request_bytes,
+        request_class=BoundedJSONRequest,
         debug=False,  # never put tracebacks in responses, even with DEBUG=1 (they go to the log)
         logging_config=None,  # shared/logs.py configured logging: one format (LOG_FORMAT) for all
     )

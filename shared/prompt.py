@@ -38,6 +38,22 @@ def template_messages(messages: Sequence[Message], text_as_string: bool = True) 
     return out
 
 
+def refuse_long_prompt(chars: int, limit: int, param: str) -> None:
+    """A prompt past `limit` characters (Settings.input_char_limit) is refused, never rendered or
+    tokenized: the API checks before enqueue, the worker again before rendering."""
+    if chars > limit:
+        raise InvalidRequest(
+            f"the prompt has {chars} characters of text; at most {limit} are accepted (MAX_INPUT_CHARS)",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def text_chars(messages: Sequence[Message]) -> int:
+    """Characters of text in a job's messages."""
+    return sum(len(p.text) for m in messages for p in m.content if isinstance(p, TextPart))
+
+
 _PROBE = "omega-probe-text"
 
 

@@ -147,6 +147,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     uvicorn_workers: Annotated[Annotated[int, Meta(ge=1, le=64)], Opt("API processes (the API holds no model)")] = 1
     api_key: Annotated[str | None, Opt("Bearer key for /v1/*, /generate and the docs")] = None
     max_request_bytes: Annotated[PositiveInt, Opt("Largest request body (413)")] = 32 * 1024 * 1024
+    # --- request shape, prompt size and slow clients (issue 12, items 4, 5, 8) ---------------
+    # A JSON body's values are counted (cheaply, an overestimate: `{`, `[` and `,` bytes) before it
+    # is decoded: decoding holds the GIL, so a body of a million tiny values would stall the loop
+    # even in a thread. Messages and parts are OpenAI's bound (2048 messages).
+    max_json_items: Annotated[PositiveInt, Opt("JSON values in one request body, counted before decoding (400)")] = (
+        65_536
+    )
+    max_messages: Annotated[PositiveInt, Opt("Messages in one chat request (400)")] = 2048
+    max_content_parts: Annotated[PositiveInt, Opt("Content parts of all messages of one request (400)")] = 4096
+    # Prompt text past this many characters is refused (400 context_length_exceeded) by the API
+    # and by the worker before rendering; below it, prompts are left-truncated to MAX_INPUT_TOKENS.
+    max_input_chars: Annotated[
+        NonNegInt, Opt("Prompt text characters per request (400); 0 = 16 x the prompt token limit, at least 65536")
+    ] = 0
+    header_timeout_s: Annotated[PositiveFloat, Opt("Seconds a client has to send a request's headers")] = 10.0
+    keep_alive_timeout_s: Annotated[PositiveFloat, Opt("Idle seconds before a keep-alive connection is closed")] = 5.0
+    max_connections: Annotated[
+        NonNegInt, Opt("Open connections + requests in progress per API process before 503 (0 = no limit)")
+    ] = 1024
 
     # --- images ------------------------------------------------------------------------------
     max_image_size: Annotated[Annotated[int, Meta(ge=16, le=16384)], Opt("Longest image side after resize")] = 1024
@@ -263,6 +282,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def input_token_limit(self) -> int:
         """Prompt tokens the worker keeps: MAX_INPUT_TOKENS, leaving room for one new token."""
         return min(self.max_input_tokens, self.max_model_length - 1)
+
+    @property
+    def input_char_limit(self) -> int:
+        """Prompt text characters accepted: MAX_INPUT_CHARS, or 16 per kept token and at least
+        65,536 (tokenizers average a few characters per token on real text, so a longer prompt
+        would be mostly cut anyway; the floor keeps truncation useful under small token limits)."""
+        return self.max_input_chars or max(16 * self.input_token_limit, 65_536)
 
     @property
     def data_path(self) -> Path:

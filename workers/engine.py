@@ -21,7 +21,7 @@ from PIL import Image
 
 from shared.contract import FinishReason, JobPayload, SamplingParams
 from shared.errors import InvalidRequest
-from shared.prompt import render_prompt
+from shared.prompt import refuse_long_prompt, render_prompt, text_chars
 from shared.settings import Settings
 from workers.batch import MIN_FILL, PreparedRow, collate, plan_groups
 from workers.loader import LoadedModel
@@ -132,6 +132,11 @@ class Engine:
         """`tools`: another thread's own processor and tokenizer (see private_tools)."""
         if images and not self.m.supports_images:
             raise InvalidRequest("this model does not accept images", param="messages", code="images_not_supported")
+        # Before rendering: a huge prompt (an older API, a batch line) costs nothing but this sum.
+        if job.kind == "generate":
+            refuse_long_prompt(len(job.prompt or ""), self.settings.input_char_limit, "inputs")
+        else:
+            refuse_long_prompt(text_chars(job.messages), self.settings.input_char_limit, "messages")
         encoded = self._encode(job, images, tools)
         input_ids = encoded.pop("input_ids")[0]
         encoded.pop("attention_mask", None)

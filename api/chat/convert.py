@@ -20,6 +20,7 @@ from api.chat.protocol import (
 from api.intake.images import ImageRef
 from shared.contract import ImagePart, Message, Part, SamplingParams, TextPart
 from shared.errors import InvalidRequest, ModelNotFound
+from shared.prompt import refuse_long_prompt
 from shared.settings import Settings
 
 
@@ -32,6 +33,31 @@ def check_model(requested: str | None, settings: Settings) -> str:
             f"The model `{requested}` does not exist; this server serves `{settings.model_name}`", param="model"
         )
     return requested
+
+
+def check_size(messages: Sequence[ChatMessage], settings: Settings) -> None:
+    """Messages, parts and text within bounds: counted on the decoded request, before anything
+    is fetched, stored, rendered or enqueued (the body's size was bounded before decoding)."""
+    if len(messages) > settings.max_messages:
+        raise InvalidRequest(
+            f"{len(messages)} messages; at most {settings.max_messages} are accepted (MAX_MESSAGES)",
+            param="messages",
+            code="too_many_messages",
+        )
+    parts = chars = 0
+    for message in messages:
+        if isinstance(message.content, str):
+            chars += len(message.content)
+        elif message.content is not None:
+            parts += len(message.content)
+            chars += sum(len(p.text) for p in message.content if isinstance(p, TextContent))
+    if parts > settings.max_content_parts:
+        raise InvalidRequest(
+            f"{parts} content parts; at most {settings.max_content_parts} are accepted (MAX_CONTENT_PARTS)",
+            param="messages",
+            code="too_many_content_parts",
+        )
+    refuse_long_prompt(chars, settings.input_char_limit, "messages")
 
 
 def refuse_unsupported(req: ChatCompletionRequest) -> None:

@@ -7,11 +7,24 @@ completion. `ChatService` is what the chat routes (/v1/chat/completions, /genera
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from api.chat.convert import chat_params, check_model, generate_params, image_refs, job_messages, refuse_unsupported
+import msgspec
+
+from api.chat.convert import (
+    chat_params,
+    check_model,
+    check_size,
+    generate_params,
+    image_refs,
+    job_messages,
+    refuse_unsupported,
+)
 from api.chat.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -30,6 +43,8 @@ from api.dispatch.fleet_view import FleetView
 from api.intake.images import ImageIntake
 from api.jobs.service import JobService
 from shared.contract import JobMeta, JobPayload, JobResult
+from shared.errors import GatewayTimeout, InvalidRequest
+from shared.prompt import refuse_long_prompt
 from shared.settings import Settings
 
 
@@ -52,6 +67,7 @@ async def build_chat_job(
     and the model name to answer with.
     """
     model = check_model(data.model, settings)
+    check_size(data.messages, settings)
     refuse_unsupported(data)
     params = chat_params(data, settings)
     refs = image_refs(data.messages)
@@ -129,14 +145,82 @@ class ChatService:
             data, self.settings, self.intake, fleet, expires_at=expires_at, streaming=bool(data.stream)
         )
 
-    async def complete(self, data: ChatCompletionRequest) -> ChatCompletion:
-        """Submit, wait for the result (REQUEST_TIMEOUT_S), answer a `chat.completion`."""
+    async def complete(
+        self,
+        data: ChatCompletionRequest,
+        *,
+        client_gone: Callable[[], Awaitable[object]] | None = None,
+        idempotency_key: str | None = None,
+    ) -> ChatCompletion:
+        """Submit, wait for the result (REQUEST_TIMEOUT_S), answer a `chat.completion`.
+
+        No orphan work: a client that goes away (`client_gone` returns) or a wait that times out
+        (504) cancels the job, unless the client sent an Idempotency-Key: then the job keeps
+        running and a retry with the same key waits for the same job."""
         started = time.perf_counter()
-        payload, model = await self.build_job(data)
-        result = await self.dispatcher.run(payload, JobMeta(model=model, created_at=payload.created_at))
+        if idempotency_key:
+            job_id, model, created_at = await self._idempotent_job(data, idempotency_key)
+        else:
+            payload, model = await self.build_job(data)
+            meta = JobMeta(model=model, created_at=payload.created_at)
+            await self.dispatcher.submit(payload, meta, self.settings.result_ttl_s)
+            job_id, created_at = payload.id, payload.created_at
+        result = await self._wait(job_id, client_gone, keep=bool(idempotency_key))
         latency = time.perf_counter() - started
-        log_success("chat", payload.id, latency, model, result, payload.params)
-        return completion(payload.id, model, result, latency, created=payload.created_at)
+        log_success("chat", job_id, latency, model, result, chat_params(data, self.settings))
+        return completion(job_id, model, result, latency, created=created_at)
+
+    async def _idempotent_job(self, data: ChatCompletionRequest, key: str) -> tuple[str, str, float]:
+        """(job id, model, created_at): the key's job, submitted now or by an earlier try."""
+        built: list[tuple[JobPayload, str]] = []
+
+        async def create() -> str:
+            payload, model = await self.build_job(data)
+            meta = JobMeta(model=model, created_at=payload.created_at)
+            # Kept as long as the key, so a retry after a long wait still finds the result.
+            await self.dispatcher.submit(payload, meta, self.settings.job_result_ttl_s)
+            built.append((payload, model))
+            return payload.id
+
+        digest = "chat-" + hashlib.sha256(msgspec.json.encode(data)).hexdigest()
+        job_id, _ = await self.jobs.idempotent(key, digest, create)
+        if built:
+            return job_id, built[0][1], built[0][0].created_at
+        snap = await self.jobs.snapshot(job_id)
+        return job_id, snap.meta.model, snap.meta.created_at
+
+    async def _wait(self, job_id: str, client_gone: Callable[[], Awaitable[object]] | None, keep: bool) -> JobResult:
+        """The job's result, racing the client's disconnect; the job is stopped on a timeout or
+        a disconnect unless `keep`."""
+        waiting = asyncio.ensure_future(self.dispatcher.wait(job_id, self.settings.request_timeout_s))
+        watched: set[asyncio.Future[Any]] = {waiting}
+        if client_gone is not None:
+            watched.add(asyncio.ensure_future(client_gone()))
+        try:
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in watched:
+                future.cancel()  # no-op for the one that finished
+        if waiting in done:
+            try:
+                return waiting.result()
+            except GatewayTimeout:
+                if keep:
+                    raise GatewayTimeout(
+                        f"job {job_id} did not finish within {self.settings.request_timeout_s:g} s; it keeps running: "
+                        f"retry with the same Idempotency-Key to wait for it, or poll GET /v1/jobs/{job_id}"
+                    ) from None
+                await self.jobs.stop(job_id)
+                error = GatewayTimeout(
+                    f"job {job_id} did not finish within {self.settings.request_timeout_s:g} s and was canceled; "
+                    "send an Idempotency-Key to keep it running across retries, or use POST /v1/jobs"
+                )
+                # A retry would run the same work again into the same deadline: tell SDKs not to.
+                error.headers["x-should-retry"] = "false"
+                raise error from None
+        if not keep:
+            await self.jobs.stop(job_id)
+        raise InvalidRequest("the client closed the connection before the answer", code="client_disconnected")
 
     async def stream(self, data: ChatCompletionRequest) -> AsyncIterator[bytes]:
         """The SSE events of a streamed completion. The job is enqueued before the response
@@ -148,15 +232,20 @@ class ChatService:
         events = ChatStream(self.settings, self.dispatcher.blocking_redis, self.jobs, payload, model, include_usage)
         return events.events()
 
-    async def generate(self, data: GenerateRequest) -> GenerateResponse:
-        """The seeds' /generate: a raw prompt, no chat template, TGI's response shape."""
+    async def generate(
+        self, data: GenerateRequest, client_gone: Callable[[], Awaitable[object]] | None = None
+    ) -> GenerateResponse:
+        """The seeds' /generate: a raw prompt, no chat template, TGI's response shape; its job is
+        stopped when the client leaves or the wait times out, as chat's without a key."""
         started = time.perf_counter()
+        refuse_long_prompt(len(data.inputs), self.settings.input_char_limit, "inputs")
         params = generate_params(data.parameters, self.settings)
         payload = JobPayload(
             id=uuid.uuid4().hex, kind="generate", prompt=data.inputs, params=params, created_at=time.time()
         )
         meta = JobMeta(model=self.settings.model_name, created_at=payload.created_at)
-        result = await self.dispatcher.run(payload, meta)
+        await self.dispatcher.submit(payload, meta, self.settings.result_ttl_s)
+        result = await self._wait(payload.id, client_gone, keep=False)
         log_success("generate", payload.id, time.perf_counter() - started, self.settings.model_name, result, params)
         text = data.inputs + result.text if data.parameters and data.parameters.return_full_text else result.text
         details = None

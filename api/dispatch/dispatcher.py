@@ -60,18 +60,11 @@ class Dispatcher:
         return await wait_outcome(self.blocking_redis, job_id, timeout_s, after)
 
     async def wait(self, job_id: str, timeout_s: float) -> JobResult:
-        """The job's result; its stored error re-raised; GatewayTimeout after `timeout_s`."""
+        """The job's result; its stored error re-raised; GatewayTimeout after `timeout_s` (the
+        caller decides what becomes of the job and says so)."""
         outcome, _ = await self.next_outcome(job_id, timeout_s)
         if outcome is None:
-            raise GatewayTimeout(
-                f"the job did not finish within {timeout_s:g} s; it keeps running: poll "
-                f"GET /v1/jobs/{job_id} for its result"
-            )
+            raise GatewayTimeout(f"job {job_id} did not finish within {timeout_s:g} s")
         if isinstance(outcome, JobError):
             raise raise_for(outcome)
         return outcome
-
-    async def run(self, payload: JobPayload, meta: JobMeta) -> JobResult:
-        """The synchronous path: submit, then wait up to REQUEST_TIMEOUT_S."""
-        await self.submit(payload, meta, self.settings.result_ttl_s)
-        return await self.wait(payload.id, self.settings.request_timeout_s)

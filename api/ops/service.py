@@ -9,7 +9,7 @@ import anyio.to_thread
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from api.chat.convert import check_model, image_refs, job_messages
+from api.chat.convert import check_model, check_size, image_refs, job_messages
 from api.dispatch.fleet_view import FleetView, QueueLoad
 from api.intake.images import ImageIntake
 from api.ops.protocol import (
@@ -123,6 +123,7 @@ class OpsService:
     async def apply_template(self, data: ApplyTemplateRequest) -> ApplyTemplateResponse:
         """The exact prompt text a worker would feed the model, from a live worker's template."""
         model = check_model(data.model, self.settings)
+        check_size(data.messages, self.settings)
         refs = image_refs(data.messages)
         self.intake.check_refs(refs)
         card = next((w.model for w in await self.fleet.live_workers() if w.model is not None), None)
@@ -132,6 +133,6 @@ class OpsService:
             raise InvalidRequest("this model does not accept images", param="messages", code="images_not_supported")
         # Images only need their place in the template, not their bytes.
         messages = job_messages(data.messages, ["template"] * len(refs))
-        return ApplyTemplateResponse(
-            prompt=render_prompt(card.chat_template, card.template_kwargs, messages), model=model
-        )
+        # Jinja is Python code: in a thread it yields the GIL every few ms, so the loop stays live.
+        prompt = await anyio.to_thread.run_sync(render_prompt, card.chat_template, card.template_kwargs, messages)
+        return ApplyTemplateResponse(prompt=prompt, model=model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -49,14 +50,16 @@ def stack_queue(stack: Stack) -> str:
     return str(httpx.get(f"{stack.url}/health").json()["workers"][0]["queue"])
 
 
-def test_request_timeout_is_504_naming_the_job_and_the_job_still_finishes(stack: Stack) -> None:
+def test_request_timeout_is_504_naming_the_job_and_a_keyed_job_still_finishes(stack: Stack) -> None:
+    # Without an Idempotency-Key the timed-out job is canceled (tests/e2e/test_orphan_work.py).
     url = stack.start_api("short-timeout", REQUEST_TIMEOUT_S="1")
     redis = Redis.from_url(stack.redis_url)
     suspend(redis)
     try:
         # Let the worker notice the pause before the job arrives.
         httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60)
-        r = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60)
+        keyed = {"Idempotency-Key": f"keep-{time.time_ns()}"}
+        r = httpx.post(f"{url}/v1/chat/completions", json=BODY, headers=keyed, timeout=60)
         error = assert_openai_error(r, 504)
         job_id = re.search(r"/v1/jobs/([0-9a-f]{32})", error["message"]).group(1)  # type: ignore[union-attr]
     finally:

@@ -207,3 +207,15 @@ def test_static_cache_path_gives_the_same_rows(engine: Engine) -> None:
     rows = [(j, imgs) for j, imgs in MIXED]
     expected = essence(run(engine, *rows))
     assert essence(static.generate([static.prepare(j, imgs) for j, imgs in rows])) == expected
+
+
+def test_a_huge_prompt_is_refused_before_rendering(engine: Engine) -> None:
+    # The review's 28 MB prompt held a worker 26.9 s (rendered and tokenized in full, then cut).
+    for huge in (job("x" * 28_000_000), job("x" * 28_000_000, kind="generate")):
+        started = time.perf_counter()
+        with pytest.raises(InvalidRequest) as err:
+            engine.prepare(huge, [])
+        assert err.value.code == "context_length_exceeded"
+        assert time.perf_counter() - started < 1.0
+    limit = engine.settings.input_char_limit
+    assert engine.prepare(job("x" * limit), []).truncated_tokens > 0  # at the bound: truncated, not refused
