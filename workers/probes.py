@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -99,3 +103,20 @@ def start_probes(state: ProbeState, host: str, base_port: int, index: int) -> Pr
         return None
     log.info("worker probes on port %d (/startup, /readyz, /livez)", port)
     return server
+
+
+def check(port: int, paths: tuple[str, ...] = ("/startup", "/livez")) -> bool:
+    """Whether every probe answers 200 (a container healthcheck: started and not stalled)."""
+    for path in paths:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+                if reply.status != 200:
+                    return False
+        except (urllib.error.URLError, OSError):
+            return False
+    return True
+
+
+if __name__ == "__main__":
+    # `python -m workers.probes`: the image's and compose's healthcheck (first device's port).
+    sys.exit(0 if check(int(os.environ.get("WORKER_PROBE_PORT") or 8081)) else 1)
