@@ -124,6 +124,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         on_micro_batch=lambda _size, seconds: member.record_micro_batch(seconds),
     )
     member.on_beat = worker.maintain_running_heartbeats
+
     # SIGUSR1 (Kubernetes' preStop): drain. The API stops routing here and the janitor moves the
     # waiting jobs to other workers; the micro-batch in hand finishes; SIGTERM then stops the process.
     def drain(*_: object) -> None:
