@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from shared import load_failures
 from shared.errors import Overloaded, ServiceUnavailable
 from shared.fleet import WorkerInfo
-from shared.queue.fleet import QueueLoad, read_loads_async, read_workers_async
+from shared.queue.fleet import QueueLoad, read_loads_async, read_workers_async, stranded_async
 from shared.settings import Settings
 
 __all__ = ["NO_WORKERS", "FleetView", "QueueLoad"]
@@ -54,6 +54,10 @@ class FleetView:
 
     async def loads(self, workers: list[WorkerInfo]) -> list[QueueLoad]:
         return await read_loads_async(self.redis, workers)
+
+    async def stranded(self, workers: list[WorkerInfo]) -> int:
+        """Jobs on the queues of gone workers (not among `workers`), until the janitor moves them."""
+        return await stranded_async(self.redis, {w.queue for w in workers})
 
     async def candidates(self) -> list[WorkerInfo]:
         """The live workers a job may go to; ServiceUnavailable when there are none."""

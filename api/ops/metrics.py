@@ -77,6 +77,7 @@ class FleetMetrics:
         workers = await svc.fleet.live_workers(fresh=True, include_failed=True)
         live = [w for w in workers if w.state in ("loading", "ready")]
         loads = await svc.fleet.loads(live)
+        stranded = await svc.fleet.stranded(live)
         async with redis.pipeline(transaction=False) as pipe:
             for load in loads:
                 pipe.lindex(names.queue_key(load.worker.queue), 0)
@@ -127,9 +128,15 @@ class FleetMetrics:
         )
         families.append(
             GaugeMetricFamily(
+                "omega_stranded_jobs", "Jobs on gone workers' queues, until the janitor moves them", value=stranded
+            )
+        )
+        families.append(
+            GaugeMetricFamily(
                 "omega_queue_waiting_jobs_total",
-                "All waiting work: worker queues, the batch lane and jobs awaiting a worker (autoscaling signal)",
-                value=sum(q.waiting for q in loads) + lane_length + awaiting,
+                "All waiting work: worker queues, the batch lane, jobs awaiting a worker and stranded jobs "
+                "(autoscaling signal)",
+                value=sum(q.waiting for q in loads) + lane_length + awaiting + stranded,
             )
         )
         families += self._workers(workers)

@@ -78,6 +78,7 @@ class OpsService:
             workers: list[WorkerInfo] = await self.fleet.live_workers(fresh=True, include_failed=True)
             loads = await self.fleet.loads([w for w in workers if w.state != "failed"])
             lane = int(await self.redis.llen(keys.BATCH_LANE)) + int(await self.redis.llen(keys.AWAITING_WORKER))
+            lane += await self.fleet.stranded([w for w in workers if w.state != "failed"])
         except (RedisError, TimeoutError):
             workers, loads, lane, redis_state = [], [], 0, "unavailable"
         blob_state = "ok"

@@ -16,7 +16,7 @@ from shared.contract import expired_error
 from shared.queue import names
 from shared.queue.outcomes import latest_outcome
 from shared.settings_sources import load_settings
-from tests.shared.test_janitor import alive
+from tests.shared.test_janitor import alive, enqueue
 from tests.support.procs import RedisServer
 
 DB = 12
@@ -63,8 +63,13 @@ def test_no_worker_ready_to_accept_chat_refused_at_once_jobs_held(redis_server: 
             doomed = (await client.post("/v1/jobs", json={**BODY, "expires_after": 0.3})).json()
             dropped = (await client.post("/v1/jobs", json=BODY)).json()
             assert conn.lrange(keys.AWAITING_WORKER, 0, -1) == [j["id"].encode() for j in (held, doomed, dropped)]
+            for i in range(2):  # left on the queue of a worker that died: the janitor has nowhere to move them
+                enqueue(conn, "omega.gone", f"stranded-{i}")
             metrics = (await client.get("/metrics")).text
-            assert "omega_awaiting_worker_jobs 3.0" in metrics and "omega_queue_waiting_jobs_total 3.0" in metrics
+            assert "omega_awaiting_worker_jobs 3.0" in metrics and "omega_stranded_jobs 2.0" in metrics
+            assert "omega_queue_waiting_jobs_total 5.0" in metrics  # what scaling from zero starts from
+            assert (await client.get("/health")).json()["waiting_jobs"] == 5
+            conn.delete(names.queue_key("omega.gone"))
 
             canceled = (await client.delete(f"/v1/jobs/{dropped['id']}")).json()
             assert canceled["status"] == "canceled" and canceled["cancellation"] == "canceled_before_start"
