@@ -66,6 +66,18 @@ def _redis(settings: Settings, *, blocking: bool) -> Redis:
     return Redis(connection_pool=pool)
 
 
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel until every task has ended: redis-py's asyncio client (8.1, on Python 3.11) can
+    swallow a cancellation that lands mid-command, and the loop would then run on forever,
+    holding up shutdown (tests/api/test_lifespan.py)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)  # all ended: collects their exceptions
+
+
 @asynccontextmanager
 async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -106,9 +118,7 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _stop(tasks)
         await fetcher.close()
         await redis.aclose()
         await blocking.aclose()
