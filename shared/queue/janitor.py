@@ -202,7 +202,7 @@ class Janitor:
         self.retirement.forget_live(w.queue for w in alive)
         retired = self.retirement.retire_gone(sorted(known - {w.queue for w in alive}))
         if retired:
-            log.warning("janitor: retired %d queue(s) of workers gone for good: %s", len(retired), ", ".join(retired))
+            log.info("janitor: retired %d queue(s) of workers gone for good: %s", len(retired), ", ".join(retired))
         return SweepReport(report.moved, report.requeued, report.failed, len(retired), expired)
 
     def _rescue(self, alive: list[WorkerInfo], known: set[str]) -> SweepReport:
