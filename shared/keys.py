@@ -27,12 +27,27 @@ def worker_queue(worker_id: str) -> str:
     return f"{PREFIX}.{worker_id}"
 
 
+def queue_worker(queue_name: str) -> str:
+    """The worker id a queue of ours belongs to (inverse of `worker_queue`)."""
+    return queue_name.removeprefix(f"{PREFIX}.")
+
+
 # --- jobs ---------------------------------------------------------------------------------
 # List of job ids of batch-priority work not yet on a worker queue (fed by api.dispatch.feeder).
 BATCH_LANE = f"{PREFIX}:lane:batch"
 # Ids the feeder has taken from the lane but not yet enqueued (recovered after a crash).
 BATCH_LANE_FEEDING = f"{PREFIX}:lane:batch:feeding"
 FEEDER_LOCK = f"{PREFIX}:lock:feeder"
+# List of ids of interactive jobs (/v1/jobs) accepted while no worker was live; the feeder moves
+# them onto worker queues, ahead of the batch lane, once one is (api.dispatch.feeder).
+AWAITING_WORKER = f"{PREFIX}:lane:awaiting-worker"
+
+
+def lane_for(priority: str) -> str:
+    """The list a job not yet on a worker queue waits in: the batch lane, or awaiting a worker."""
+    return BATCH_LANE if priority == "batch" else AWAITING_WORKER
+
+
 # Set of job ids whose cancellation was requested while they may be running.
 CANCEL_REQUESTS = f"{PREFIX}:cancel"
 

@@ -230,6 +230,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     )
     worker_heartbeat_s: Annotated[PositiveFloat, Opt("Worker heartbeat period")] = 2.0
     worker_ttl_s: Annotated[PositiveFloat, Opt("Heartbeat age after which a worker is dead")] = 10.0
+    # --- fleet operations (issue 13): queue identity and retirement, worker probes, no-worker hold
+    # WORKER_NAME names a worker's queue (with its device label); unset: the host name (in k8s the
+    # pod name, via the downward API). A queue whose worker has been gone this long, once empty,
+    # leaves rq's queue set and every fleet view.
+    worker_name: Annotated[str | None, Opt("Names this worker's queue (default: the host name)")] = None
+    dead_queue_retire_s: Annotated[
+        NonNegFloat, Opt("Seconds a worker may be gone before its (emptied) queue is retired")
+    ] = 300.0
+    # Worker probe server (/startup, /readyz, /livez): the first device's port, +index for others;
+    # 0 = off. /livez fails when a decoding step has not advanced for WORKER_STALL_S.
+    worker_probe_port: Annotated[
+        Annotated[int, Meta(ge=0, le=65535)], Opt("Worker probe HTTP port (+device index; 0 = off)")
+    ] = 8081
+    worker_stall_s: Annotated[PositiveFloat, Opt("Seconds without a decoding step before /livez fails")] = 180.0
+    # Interactive jobs (/v1/jobs) accepted while no worker is live wait in the "awaiting worker"
+    # list this long at most, then end `expired` (their own expires_after applies if sooner).
+    no_worker_wait_s: Annotated[PositiveFloat, Opt("Seconds a job accepted with no live worker waits for one")] = 1800.0
+    # Testing only: a decoding loop stalls (sleeps 2 x WORKER_STALL_S) on a job containing this text.
+    fault_stall_marker: Annotated[
+        str, Opt("Testing only: stall a worker's decoding on a job with this text", flags=None)
+    ] = ""
 
     # --- hardening (issue 12): fetch fairness, image shape, start-up, logs -------------------
     # Connections of the remote-image fetch pool; the share of it batch lines may hold at once;
@@ -241,15 +262,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     image_fetch_per_request: Annotated[PositiveInt, Opt("Images of one request fetched at once")] = 4
     # Longest side over shortest side of one image (Qwen2-VL's resizer refuses over 200), and the
     # pixels of all images of one request together (0 = no limit).
-    max_image_aspect_ratio: Annotated[
-        float, Meta(ge=1), Opt("Longest over shortest side of an image (400 above)")
-    ] = 200.0
+    max_image_aspect_ratio: Annotated[float, Meta(ge=1), Opt("Longest over shortest side of an image (400 above)")] = (
+        200.0
+    )
     max_request_pixels: Annotated[NonNegInt, Opt("Pixels of all images of a request")] = 100_000_000
     # Consecutive failed starts after which `up`/`worker` stop restarting a worker.
     worker_max_restarts: Annotated[NonNegInt, Opt("Failed starts in a row before a worker is given up")] = 5
-    log_format: Annotated[
-        Literal["text", "json"], Opt("text | json (one object per line, for log shippers)")
-    ] = "text"
+    log_format: Annotated[Literal["text", "json"], Opt("text | json (one object per line, for log shippers)")] = "text"
     access_log: Annotated[bool, Opt("Log one line per API request")] = False
 
     def __repr__(self) -> str:

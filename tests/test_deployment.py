@@ -98,6 +98,37 @@ def test_worker_deployment_matches_its_sigterm_behaviour() -> None:
     assert by_kind("PodDisruptionBudget", "omega-worker")["spec"]["maxUnavailable"] == 1
 
 
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_workers_carry_startup_readiness_and_liveness_probes(env: str) -> None:
+    from shared.settings import Settings
+
+    container = by_kind("Deployment", "omega-worker", env)["spec"]["template"]["spec"]["containers"][0]
+    port = Settings().worker_probe_port
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"probes": port}
+    probes = {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    paths = {kind: (p["httpGet"]["path"], p["httpGet"]["port"]) for kind, p in probes.items()}
+    assert paths == {
+        "startupProbe": ("/startup", "probes"),
+        "readinessProbe": ("/readyz", "probes"),
+        "livenessProbe": ("/livez", "probes"),
+    }
+    startup = probes["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1200, "too short for a model download and load"
+    env_vars = {e["name"]: e for e in container["env"]}
+    assert env_vars["WORKER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # the pod name
+    assert env_vars["WORKER_PROBE_PORT"]["value"] == str(port)
+
+
+def test_compose_and_the_worker_image_check_the_worker_probes() -> None:
+    for name in ("worker", "worker-cpu"):
+        check = compose()["services"][name]["healthcheck"]
+        assert check["test"] == ["CMD", "python", "-m", "workers.probes"], name
+    instructions = dockerfile_instructions(ROOT / "Dockerfile.worker")
+    (healthcheck,) = [rest for keyword, rest in instructions if keyword == "HEALTHCHECK"]
+    assert healthcheck.endswith('CMD ["python", "-m", "workers.probes"]')
+    assert "--start-period=" in healthcheck
+
+
 def test_api_deployment_probes_hpa_and_secrets() -> None:
     api = by_kind("Deployment", "omega-api")["spec"]["template"]["spec"]["containers"][0]
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"

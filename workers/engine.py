@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from shared.contract import FinishReason, JobPayload, SamplingParams
+from shared.contract import FinishReason, JobPayload, SamplingParams, TextPart
 from shared.errors import InvalidRequest
 from shared.prompt import refuse_long_prompt, render_prompt, text_chars
 from shared.settings import Settings
+from workers import progress
 from workers.batch import MIN_FILL, PreparedRow, collate, plan_groups
 from workers.loader import LoadedModel
 from workers.sampling import RowPlan, RowSampler, RowStopper
@@ -196,10 +197,23 @@ class Engine:
     def generate(self, rows: Sequence[PreparedRow]) -> list[RowOutput]:
         results: dict[int, RowOutput] = {}
         s = self.settings
-        for group in plan_groups(rows, s.max_batch_tokens, s.max_batch_pixels, self.min_fill):
-            for row, output in zip(group, self._generate_group(group), strict=True):
-                results[id(row)] = output
+        progress.beat()  # the loop has work from here (each step beats: RowStopper) until it rests
+        try:
+            self._stall_if_asked(rows)
+            for group in plan_groups(rows, s.max_batch_tokens, s.max_batch_pixels, self.min_fill):
+                for row, output in zip(group, self._generate_group(group), strict=True):
+                    results[id(row)] = output
+        finally:
+            progress.rest()
         return [results[id(r)] for r in rows]
+
+    def _stall_if_asked(self, rows: Sequence[PreparedRow]) -> None:
+        """Testing only (FAULT_STALL_MARKER): a decoding loop that stops advancing, for a while."""
+        marker = self.settings.fault_stall_marker
+        texts = (p.text for r in rows for m in r.job.messages for p in m.content if isinstance(p, TextPart))
+        if marker and any(marker in t for t in texts):
+            log.error("FAULT_STALL_MARKER found in a job: stalling the decoding loop (fault-injection test)")
+            time.sleep(2 * self.settings.worker_stall_s)
 
     @torch.inference_mode()
     def _generate_group(self, rows: Sequence[PreparedRow]) -> list[RowOutput]:
@@ -267,7 +281,7 @@ class Engine:
     # --- warm-up --------------------------------------------------------------------------
     def warmup(self) -> None:
         """One tiny generation so the first real request does not pay for lazy initialisation."""
-        from shared.contract import ImagePart, Message, TextPart
+        from shared.contract import ImagePart, Message
 
         parts: tuple[Any, ...] = (TextPart("warm-up"),)
         images: list[Image.Image] = []

@@ -26,6 +26,7 @@ from workers.images import ImageLoader
 from workers.loader import load_model
 from workers.micro_batches import model_worker
 from workers.model_source import ModelLoadError
+from workers.probes import ProbeState, start_probes
 from workers.runner import MicroBatchRunner
 from workers.streaming import DeltaPublisher
 
@@ -62,7 +63,9 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         torch.cuda.set_device(device)
     elif cpu_threads:
         torch.set_num_threads(cpu_threads)
-    worker_id = f"{socket.gethostname()}-{label}"
+    # WORKER_NAME (the pod name in Kubernetes) names the queue; a restart under the same name
+    # resumes it, and the janitor retires the queues of names gone for good.
+    worker_id = f"{settings.worker_name or socket.gethostname()}-{label}"
     queue_name = keys.worker_queue(worker_id)
     redis = redis_client(settings)
     info = WorkerInfo(
@@ -81,6 +84,8 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     )
     member = FleetMember(redis, info, period_s=settings.worker_heartbeat_s, ttl_s=settings.worker_ttl_s)
     member.start()
+    probes = ProbeState(settings.worker_stall_s)
+    probe_server = start_probes(probes, settings.host, settings.worker_probe_port, index)
     number = (device.index or 0) if device.type == "cuda" else index
     tag = f"[startup][{device.type}:{number}]"
     import transformers
@@ -119,11 +124,17 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         on_micro_batch=lambda _size, seconds: member.record_micro_batch(seconds),
     )
     member.on_beat = worker.maintain_running_heartbeats
+
     # SIGUSR1 (Kubernetes' preStop): drain. The API stops routing here and the janitor moves the
     # waiting jobs to other workers; the micro-batch in hand finishes; SIGTERM then stops the process.
-    signal.signal(signal.SIGUSR1, lambda *_: member.update(state="stopping"))
+    def drain(*_: object) -> None:
+        member.update(state="stopping")
+        probes.set_state("stopping")
+
+    signal.signal(signal.SIGUSR1, drain)
     member.metrics = lambda: publish_metrics(device)
     member.update(state="ready", model=loaded.card, error=None)
+    probes.set_state("ready")
     _clear_failure(redis, worker_id)
     log.info(
         "worker %s ready on queue %s (%s, %s, attn=%s)",
@@ -136,7 +147,10 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     try:
         serve(worker, settings)
     finally:
+        probes.set_state("stopping")
         member.leave()
+        if probe_server is not None:
+            probe_server.stop()
     return 0
 
 

@@ -20,6 +20,7 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 from shared.contract import SamplingParams
+from workers import progress
 from workers.streaming import DeltaTracker
 
 
@@ -242,6 +243,7 @@ class RowStopper(StoppingCriteria):
         self.windows = {i: max(len(s) for s in self.plans[i].params.stop) + 8 for i in self.stop_rows}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        progress.beat()  # one decoding step done: what the worker's /livez checks
         step = input_ids.shape[1] - self.prompt_width
         done = step >= self.limits
         if self.stream_rows and step > 0 and self.on_delta is not None:

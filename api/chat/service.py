@@ -58,13 +58,15 @@ async def build_chat_job(
     expires_at: float | None = None,
     batch_id: str | None = None,
     streaming: bool = False,
+    hold: bool = False,
 ) -> tuple[JobPayload, str]:
     """Validate, store the images, and build the job (nothing is enqueued here).
 
     With `fleet`, capacity is checked first: a full or worker-less service refuses before any
     image is fetched or stored. With `streaming`, the worker publishes the text as it grows
     (only a caller that reads it asks: jobs and batch lines are answered whole). Returns the job
-    and the model name to answer with.
+    and the model name to answer with. With `hold`, no live worker is no refusal (a
+    submit-and-poll job waits for one).
     """
     model = check_model(data.model, settings)
     check_size(data.messages, settings)
@@ -75,7 +77,7 @@ async def build_chat_job(
     if fleet is not None and refs:
         # Refuse a full or worker-less service before fetching and storing any image (the
         # enqueue checks again; a text-only request needs only that one check).
-        await fleet.check_room()
+        await fleet.check_room(hold=hold)
     digests = await intake.store_all(refs, batch_id=batch_id)
     payload = JobPayload(
         id=job_id or uuid.uuid4().hex,
@@ -136,13 +138,18 @@ class ChatService:
         self.jobs = jobs
 
     async def build_job(
-        self, data: ChatCompletionRequest, *, check_room: bool = True, expires_at: float | None = None
+        self,
+        data: ChatCompletionRequest,
+        *,
+        check_room: bool = True,
+        expires_at: float | None = None,
+        hold: bool = False,
     ) -> tuple[JobPayload, str]:
         """The job for a chat request (see `build_chat_job`); batch-priority work skips the
         capacity check (`check_room=False`): it waits in the lane, not on a queue."""
         fleet = self.fleet if check_room else None
         return await build_chat_job(
-            data, self.settings, self.intake, fleet, expires_at=expires_at, streaming=bool(data.stream)
+            data, self.settings, self.intake, fleet, expires_at=expires_at, streaming=bool(data.stream), hold=hold
         )
 
     async def complete(

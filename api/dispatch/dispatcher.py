@@ -11,9 +11,10 @@ from __future__ import annotations
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from api.dispatch.fleet_view import FleetView
+from api.dispatch.fleet_view import NO_WORKERS, FleetView
 from shared.contract import JobError, JobMeta, JobPayload, JobResult
-from shared.errors import GatewayTimeout, ServiceError, error_from_fields
+from shared.errors import GatewayTimeout, Overloaded, ServiceError, ServiceUnavailable, error_from_fields
+from shared.fleet import WorkerInfo
 from shared.queue import jobs
 from shared.queue.admission import Admitter
 from shared.queue.fleet import QueueLoad
@@ -42,18 +43,33 @@ class Dispatcher:
     def new_job(self, payload: JobPayload, meta: JobMeta, ttl_s: int) -> Job:
         return jobs.create(self.sync_redis, payload, meta, ttl_s, timeout_s=int(self.settings.request_timeout_s) + 60)
 
-    async def submit(self, payload: JobPayload, meta: JobMeta, ttl_s: int) -> None:
+    async def submit(self, payload: JobPayload, meta: JobMeta, ttl_s: int, hold: bool = False) -> None:
         """Interactive work: the least-loaded live queue, or Overloaded / ServiceUnavailable.
-        Batch work: the lane, which the feeder drains into queues as they have room."""
+        Batch work: the lane, which the feeder drains into queues as they have room.
+        With `hold` (submit-and-poll jobs), no live worker is no refusal: the job waits in the
+        awaiting-worker list, which the feeder drains first once a worker is live."""
         job = self.new_job(payload, meta, ttl_s)
         if meta.priority == "batch":
             await jobs.add_to_lane(self.redis, job)
             return
-        workers = await self.fleet.candidates()
+        workers = await self._candidates(hold)
+        if workers is None:
+            if not await jobs.hold_for_worker(self.redis, job, self.settings.max_queue_size):
+                raise Overloaded("MAX_QUEUE_SIZE jobs already wait for a worker; retry later", retry_after_s=5)
+            return
         admitted = await self.admitter.admit(job, workers)
         if admitted.worker is None:
             seen = zip(workers, admitted.waiting, admitted.in_flight, strict=True)
             raise self.fleet.full([QueueLoad(w, waiting, in_flight) for w, waiting, in_flight in seen])
+
+    async def _candidates(self, hold: bool) -> list[WorkerInfo] | None:
+        """The live workers to choose from; None when there is none and the job may wait (hold)."""
+        try:
+            return await self.fleet.candidates()
+        except ServiceUnavailable as exc:
+            if hold and exc.code == NO_WORKERS:
+                return None
+            raise
 
     async def next_outcome(self, job_id: str, timeout_s: float, after: str = NO_ENTRY) -> tuple[Outcome | None, str]:
         """The job's final outcome, waiting up to `timeout_s`; (None, last id) on timeout."""

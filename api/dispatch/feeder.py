@@ -1,7 +1,9 @@
 """The batch lane's feeder: batch-priority jobs go onto worker queues only while those have room.
 
-Interactive jobs are enqueued directly; batch work (OpenAI batches, jobs marked "batch") waits
-in one Redis list and is moved onto a worker queue only while that queue holds fewer than
+Interactive jobs are enqueued directly, except submit-and-poll jobs accepted while no worker was
+live: those wait in the awaiting-worker list, which this feeder drains first, onto any queue with
+room under MAX_QUEUE_SIZE, as soon as a worker is live. Batch work (OpenAI batches, jobs marked
+"batch") waits in one Redis list and is moved onto a worker queue only while that queue holds fewer than
 BATCH_QUEUE_DEPTH waiting jobs. An interactive request therefore never waits behind more than
 that much batch work, however large the batch. One API process feeds at a time (redis-py's Lock
 with a short expiry, so another takes over if it dies); a job taken from the lane is parked in a
@@ -24,7 +26,7 @@ from shared import keys
 from shared.contract import STOPPING_BATCH_STATUSES, JobMeta, canceled_error, expired_error
 from shared.queue import jobs
 from shared.queue.finish import finalize_unrun
-from shared.queue.fleet import by_load
+from shared.queue.fleet import QueueLoad, by_load
 from shared.redis_text import text, text_or_none, texts
 from shared.settings import Settings
 
@@ -62,30 +64,44 @@ class LaneFeeder:
         return True
 
     async def _recover(self) -> None:
-        """Put back what a previous feeder took from the lane but did not enqueue."""
+        """Put back what a previous feeder took from a lane but did not enqueue."""
         for job_id in texts(await self.redis.lrange(keys.BATCH_LANE_FEEDING, 0, -1)):
-            enqueued = await anyio.to_thread.run_sync(self._was_enqueued, job_id)
+            lane = await anyio.to_thread.run_sync(self._lane_to_return_to, job_id)
             await self.redis.lrem(keys.BATCH_LANE_FEEDING, 1, job_id)
-            if not enqueued:
-                await self.redis.lpush(keys.BATCH_LANE, job_id)
+            if lane is not None:
+                await self.redis.lpush(lane, job_id)
 
-    def _was_enqueued(self, job_id: str) -> bool:
+    def _lane_to_return_to(self, job_id: str) -> str | None:
+        """The lane a job taken by a dead feeder goes back to; None if it is gone or enqueued."""
         job = jobs.fetch(self.sync_redis, job_id)
-        return job is None or jobs.is_enqueued(job)  # gone: nothing to put back
+        if job is None or jobs.is_enqueued(job):
+            return None
+        return keys.lane_for(str(job.meta.get("priority", "batch")))
 
     def _room(self, waiting: int, capacity: int) -> int:
         depth = self.settings.batch_queue_depth or 2 * capacity
         return max(0, min(depth, self.settings.max_queue_size) - waiting)
 
     async def feed_once(self) -> int:
-        if not await self.redis.llen(keys.BATCH_LANE):
-            return 0
-        workers = [w for w in await self.fleet.live_workers() if w.ready]
-        loads = by_load(await self.fleet.loads(workers))
         moved = 0
-        for load in loads:
-            for _ in range(self._room(load.waiting, load.worker.capacity)):
-                raw = await self.redis.lmove(keys.BATCH_LANE, keys.BATCH_LANE_FEEDING, "LEFT", "RIGHT")
+        if await self.redis.llen(keys.AWAITING_WORKER):
+            # Interactive jobs: every live worker the dispatcher would route to, up to MAX_QUEUE_SIZE.
+            workers = [w for w in await self.fleet.live_workers() if w.error is None]
+            loads = by_load(await self.fleet.loads(workers))
+            rooms = [(q, max(0, self.settings.max_queue_size - q.waiting)) for q in loads]
+            moved += await self._drain(keys.AWAITING_WORKER, rooms)
+        if await self.redis.llen(keys.BATCH_LANE):
+            workers = [w for w in await self.fleet.live_workers() if w.ready]
+            loads = by_load(await self.fleet.loads(workers))
+            moved += await self._drain(keys.BATCH_LANE, [(q, self._room(q.waiting, q.worker.capacity)) for q in loads])
+        return moved
+
+    async def _drain(self, lane: str, rooms: list[tuple[QueueLoad, int]]) -> int:
+        """Move jobs from `lane` onto each queue, as many as its room, in the order given."""
+        moved = 0
+        for load, room in rooms:
+            for _ in range(room):
+                raw = await self.redis.lmove(lane, keys.BATCH_LANE_FEEDING, "LEFT", "RIGHT")
                 if raw is None:
                     return moved
                 job_id = text(raw)
@@ -104,7 +120,9 @@ class LaneFeeder:
         if self.sync_redis.zscore(keys.CANCEL_REQUESTS, job_id) is not None or self._batch_stopping(meta):
             finalize_unrun(self.sync_redis, job_id, canceled_error(job_id, running=False), ttl)
             return False
-        if meta.expires_at is not None and time.time() > meta.expires_at:
+        wait_s = self.settings.no_worker_wait_s
+        deadline = meta.expires_at if meta.priority == "batch" else jobs.hold_deadline(meta, wait_s)
+        if deadline is not None and time.time() > deadline:
             finalize_unrun(self.sync_redis, job_id, expired_error(job_id), ttl)
             return False
         jobs.enqueue_on(self.sync_redis, queue_name, job)

@@ -9,10 +9,11 @@ from redis.asyncio import Redis
 from shared import load_failures
 from shared.errors import Overloaded, ServiceUnavailable
 from shared.fleet import WorkerInfo
-from shared.queue.fleet import QueueLoad, read_loads_async, read_workers_async
+from shared.queue.fleet import QueueLoad, read_loads_async, read_workers_async, stranded_async
 from shared.settings import Settings
 
-__all__ = ["FleetView", "QueueLoad"]
+__all__ = ["NO_WORKERS", "FleetView", "QueueLoad"]
+NO_WORKERS = "no_workers"  # the 503 code when no worker is live (one that failed to load says so)
 
 
 async def no_worker_error(redis: Redis) -> ServiceUnavailable:
@@ -22,7 +23,7 @@ async def no_worker_error(redis: Redis) -> ServiceUnavailable:
         return ServiceUnavailable(
             f"no worker could load the model ({reason}); see GET /health", retry_after_s=30, code="model_load_failed"
         )
-    return ServiceUnavailable("no worker is available yet; retry shortly", retry_after_s=5, code="no_workers")
+    return ServiceUnavailable("no worker is available yet; retry shortly", retry_after_s=5, code=NO_WORKERS)
 
 
 class FleetView:
@@ -54,6 +55,10 @@ class FleetView:
     async def loads(self, workers: list[WorkerInfo]) -> list[QueueLoad]:
         return await read_loads_async(self.redis, workers)
 
+    async def stranded(self, workers: list[WorkerInfo]) -> int:
+        """Jobs on the queues of gone workers (not among `workers`), until the janitor moves them."""
+        return await stranded_async(self.redis, {w.queue for w in workers})
+
     async def candidates(self) -> list[WorkerInfo]:
         """The live workers a job may go to; ServiceUnavailable when there are none."""
         # A worker carrying an error is retrying after a failed start: not routed to until ready.
@@ -65,10 +70,17 @@ class FleetView:
     def full(self, loads: list[QueueLoad]) -> Overloaded:
         return Overloaded("every queue is full (MAX_QUEUE_SIZE); retry later", retry_after_s=self.retry_after(loads))
 
-    async def check_room(self) -> None:
+    async def check_room(self, hold: bool = False) -> None:
         """Refuse early (no worker, every queue full) before a request's images are fetched and
-        stored. Choosing the queue is shared/queue/admission.py's, atomically with the enqueue."""
-        loads = await self.loads(await self.candidates())
+        stored. Choosing the queue is shared/queue/admission.py's, atomically with the enqueue.
+        With `hold`, no live worker is no refusal (the job will wait for one)."""
+        try:
+            workers = await self.candidates()
+        except ServiceUnavailable as exc:
+            if hold and exc.code == NO_WORKERS:
+                return
+            raise
+        loads = await self.loads(workers)
         if all(q.waiting >= self.settings.max_queue_size for q in loads):
             raise self.full(loads)
 

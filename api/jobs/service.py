@@ -84,6 +84,9 @@ class JobService:
             capacity = mine[0].capacity if mine else self.settings.max_batch_size
             per_batch = mine[0].avg_batch_seconds if mine else 0.0
             position = int(index) + 1
+        elif snap.meta.priority != "batch":  # accepted while no worker was live: no estimate yet
+            index = await self.redis.lpos(keys.AWAITING_WORKER, snap.id)
+            return (None, None) if index is None else (int(index) + 1, None)
         else:
             index = await self.redis.lpos(keys.BATCH_LANE, snap.id)
             if index is None:
@@ -96,8 +99,8 @@ class JobService:
 
     # --- changing ----------------------------------------------------------------------------
     async def _take_out_of_line(self, snap: JobSnapshot) -> bool:
-        """Remove a queued job from its queue or the lane; False if a worker took it first."""
-        key = names.queue_key(snap.origin) if snap.origin else keys.BATCH_LANE
+        """Remove a queued job from its queue or lane; False if a worker took it first."""
+        key = names.queue_key(snap.origin) if snap.origin else keys.lane_for(snap.meta.priority)
         return bool(await self.redis.lrem(key, 1, snap.id))
 
     def _finalize_unrun(self, job_id: str, error: JobError) -> None:

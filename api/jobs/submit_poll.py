@@ -43,9 +43,10 @@ class SubmitPollService:
         async def create() -> str:
             chat = msgspec.convert(msgspec.to_builtins(data), ChatCompletionRequest)
             expires_at = time.time() + data.expires_after if data.expires_after is not None else None
-            # Batch work waits in the lane, so only interactive jobs are refused for a full fleet.
+            # Batch work waits in the lane, so only interactive jobs are refused for a full fleet;
+            # with no live worker at all they are accepted and wait for one (hold).
             payload, model = await self.chat.build_job(
-                chat, check_room=data.priority == "interactive", expires_at=expires_at
+                chat, check_room=data.priority == "interactive", expires_at=expires_at, hold=True
             )
             meta = JobMeta(
                 model=model,
@@ -54,7 +55,7 @@ class SubmitPollService:
                 expires_at=payload.expires_at,
                 metadata=data.metadata or {},
             )
-            await self.dispatcher.submit(payload, meta, self.settings.job_result_ttl_s)
+            await self.dispatcher.submit(payload, meta, self.settings.job_result_ttl_s, hold=True)
             return payload.id
 
         if idempotency_key:

@@ -77,14 +77,16 @@ class FleetMetrics:
         workers = await svc.fleet.live_workers(fresh=True, include_failed=True)
         live = [w for w in workers if w.state in ("loading", "ready")]
         loads = await svc.fleet.loads(live)
+        stranded = await svc.fleet.stranded(live)
         async with redis.pipeline(transaction=False) as pipe:
             for load in loads:
                 pipe.lindex(names.queue_key(load.worker.queue), 0)
+            pipe.llen(keys.AWAITING_WORKER)
             pipe.llen(keys.BATCH_LANE)
             pipe.lindex(keys.BATCH_LANE, 0)
             pipe.mget([keys.worker_metrics(w.id) for w in live] or ["-"])
             replies = await pipe.execute()
-        heads, lane_length, lane_head, snapshots = replies[: len(loads)], replies[-3], replies[-2], replies[-1]
+        heads, awaiting, lane_length, lane_head, snapshots = replies[: len(loads)], *replies[-4:]
         async with redis.pipeline(transaction=False) as pipe:
             for head in heads:
                 pipe.hget(names.job_key(as_text(head)) if head else "-", "enqueued_at")
@@ -121,9 +123,20 @@ class FleetMetrics:
         )
         families.append(
             GaugeMetricFamily(
+                "omega_awaiting_worker_jobs", "Jobs accepted while no worker was live, waiting for one", value=awaiting
+            )
+        )
+        families.append(
+            GaugeMetricFamily(
+                "omega_stranded_jobs", "Jobs on gone workers' queues, until the janitor moves them", value=stranded
+            )
+        )
+        families.append(
+            GaugeMetricFamily(
                 "omega_queue_waiting_jobs_total",
-                "All waiting work: worker queues plus the batch lane (autoscaling signal)",
-                value=sum(q.waiting for q in loads) + lane_length,
+                "All waiting work: worker queues, the batch lane, jobs awaiting a worker and stranded jobs "
+                "(autoscaling signal)",
+                value=sum(q.waiting for q in loads) + lane_length + awaiting + stranded,
             )
         )
         families += self._workers(workers)

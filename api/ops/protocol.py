@@ -44,7 +44,7 @@ class HealthReport(msgspec.Struct):
     device_names: list[str]
     visible_cuda_devices: int
     queues: list[int]
-    ready: bool
+    ready: bool  # the fleet can serve: Redis, blob store and at least one ready worker
     startup_ok: bool
     startup_error: str | None
     overloaded: bool
@@ -54,10 +54,13 @@ class HealthReport(msgspec.Struct):
     batch: BatchConfig
     vlm_config: VLMConfig
     workers: list[WorkerReport]
-    # All waiting work: every worker queue plus the batch lane (what an autoscaler scales on).
+    # All waiting work: every worker queue, the batch lane and the jobs awaiting a worker (what
+    # an autoscaler scales on).
     waiting_jobs: int
     redis: str
     blob_store: str
+    # This API process can accept and store requests (Redis and blob store reachable): /readyz.
+    accepting: bool = True
 
 
 # --- /v1/models ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import FromQuery, JSONBody
 
 from api.ops.protocol import ApplyTemplateRequest, ApplyTemplateResponse, HealthReport
 from api.ops.service import OpsService
@@ -22,16 +22,23 @@ class HealthController(Controller):
     async def livez(self) -> dict[str, bool]:
         return {"alive": True}
 
-    @get("/readyz", summary="Readiness probe: Redis reachable and a worker ready", include_in_schema=False)
-    async def readyz(self, ops_service: NamedDependency[OpsService]) -> Response[dict[str, object]]:
+    @get("/readyz", summary="Readiness probe: this process can accept requests", include_in_schema=False)
+    async def readyz(
+        self, ops_service: NamedDependency[OpsService], fleet: FromQuery[bool] = False
+    ) -> Response[dict[str, object]]:
+        """200 when Redis and the blob store answer: requests are accepted (chat gets a quick 503
+        while no worker is live; jobs and batches wait). `?fleet=true`: 200 only if the fleet can
+        serve (a worker is ready), the same as /health's `ready`."""
         report = await ops_service.health()
         body: dict[str, object] = {
-            "ready": report.ready,
+            "ready": report.accepting,
+            "fleet_ready": report.ready,
             "redis": report.redis,
             "blob_store": report.blob_store,
             "workers_ready": len(report.devices),
         }
-        return Response(body, status_code=200 if report.ready else 503)
+        ok = report.ready if fleet else report.accepting
+        return Response(body, status_code=200 if ok else 503)
 
 
 class TemplateController(Controller):

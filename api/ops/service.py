@@ -77,7 +77,8 @@ class OpsService:
         try:
             workers: list[WorkerInfo] = await self.fleet.live_workers(fresh=True, include_failed=True)
             loads = await self.fleet.loads([w for w in workers if w.state != "failed"])
-            lane = int(await self.redis.llen(keys.BATCH_LANE))
+            lane = int(await self.redis.llen(keys.BATCH_LANE)) + int(await self.redis.llen(keys.AWAITING_WORKER))
+            lane += await self.fleet.stranded([w for w in workers if w.state != "failed"])
         except (RedisError, TimeoutError):
             workers, loads, lane, redis_state = [], [], 0, "unavailable"
         blob_state = "ok"
@@ -101,6 +102,7 @@ class OpsService:
             visible_cuda_devices=sum(1 for w in ready if w.device.startswith("cuda")),
             queues=[q.waiting for q in loads],
             ready=bool(ready) and redis_state == "ok" and blob_state == "ok",
+            accepting=redis_state == "ok" and blob_state == "ok",
             startup_ok=not failed and startup_error is None,
             startup_error=failed[0].error if failed else startup_error,
             overloaded=bool(loads) and all(q.waiting >= s.max_queue_size for q in loads),

@@ -88,3 +88,18 @@ async def read_loads_async(redis: Redis, workers: Sequence[WorkerInfo]) -> list[
     async with redis.pipeline(transaction=False) as pipe:
         _queue_counts(pipe, workers)
         return _loads(workers, await pipe.execute())
+
+
+async def stranded_async(redis: Redis, live_queues: set[str]) -> int:
+    """Jobs still on the queues of workers that are gone (waiting, pulled or started): the janitor
+    moves them once a worker is live, so the autoscaling signal must count them meanwhile."""
+    members = texts(await redis.smembers(names.QUEUES))
+    dead = [q for q in (names.queue_name(m) for m in members) if names.is_ours(q) and q not in live_queues]
+    if not dead:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for queue_name in dead:
+            pipe.llen(names.queue_key(queue_name))
+            pipe.llen(names.intermediate_key(queue_name))
+            pipe.zcard(names.started_key(queue_name))
+        return sum(int(n) for n in await pipe.execute())

@@ -10,7 +10,10 @@ processes run this sweep every JANITOR_INTERVAL_S under a lock (one sweep at a t
   is put back on a live queue with its attempt count raised, so it runs again (at-least-once);
   after MAX_JOB_ATTEMPTS runs that killed their worker it fails with a reason (a poison request);
 - a job stuck in a queue's intermediate list (pulled by a worker that died before recording it)
-  is put back the same way.
+  is put back the same way;
+- a queue whose worker has been gone for DEAD_QUEUE_RETIRE_S and which is empty is retired
+  (shared/queue/retirement.py), even with no live worker at all;
+- a job awaiting a worker (accepted while none was live) past its deadline ends `expired`.
 
 A job being moved is parked in a list first and recovered from there if the sweep itself dies.
 Retried jobs run alone (the worker batches them with nothing else), so a poison request cannot
@@ -37,10 +40,12 @@ from rq.registry import (
 )
 
 from shared import keys
+from shared.contract import expired_error
 from shared.fleet import WorkerInfo
 from shared.queue import jobs, names
-from shared.queue.finish import fail_poison
+from shared.queue.finish import fail_poison, finalize_unrun
 from shared.queue.fleet import least_loaded, read_loads, read_workers
+from shared.queue.retirement import QueueRetirement
 from shared.redis_text import text, texts
 from shared.serializer import MsgpackSerializer
 from shared.settings import Settings
@@ -56,6 +61,8 @@ class SweepReport:
     moved: int = 0
     requeued: int = 0
     failed: int = 0
+    retired: int = 0
+    expired: int = 0
 
 
 class Janitor:
@@ -63,6 +70,7 @@ class Janitor:
         self.redis = redis
         self.settings = settings
         self._tidied = 0.0
+        self.retirement = QueueRetirement(redis, settings.dead_queue_retire_s, settings.worker_ttl_s)
         lock_s = max(5.0, settings.janitor_interval_s * 5)
         # One sweep at a time fleet-wide; redis-py's Lock releases only if it still owns the key.
         self.lock = redis.lock(LOCK, timeout=lock_s, blocking=False)
@@ -169,8 +177,36 @@ class Janitor:
             except LockError:  # expired during a very long sweep (another may hold it now): not ours
                 log.warning("janitor lock expired before the sweep ended")
 
+    def _expire_awaiting(self) -> int:
+        """End `expired` the jobs awaiting a worker past their deadline (none may wait forever)."""
+        expired = 0
+        now = time.time()
+        for job_id in texts(self.redis.lrange(keys.AWAITING_WORKER, 0, -1)):
+            job = jobs.fetch(self.redis, job_id)
+            if job is None:
+                self.redis.lrem(keys.AWAITING_WORKER, 1, job_id)
+            # Whoever takes it out of the list ends it (a cancel or the feeder may race us).
+            elif now > jobs.hold_deadline(jobs.meta_of(job), self.settings.no_worker_wait_s) and self.redis.lrem(
+                keys.AWAITING_WORKER, 1, job_id
+            ):
+                finalize_unrun(self.redis, job_id, expired_error(job_id), self.settings.job_result_ttl_s)
+                expired += 1
+        return expired
+
     def _sweep(self) -> SweepReport:
         alive = self._alive()
+        expired = self._expire_awaiting()
+        known = self._known_queues()
+        report = self._rescue(alive, known)
+        # After the rescue, so a dead queue is empty by now whenever a live worker could take its jobs.
+        self.retirement.forget_live(w.queue for w in alive)
+        retired = self.retirement.retire_gone(sorted(known - {w.queue for w in alive}))
+        if retired:
+            log.info("janitor: retired %d queue(s) of workers gone for good: %s", len(retired), ", ".join(retired))
+        return SweepReport(report.moved, report.requeued, report.failed, len(retired), expired)
+
+    def _rescue(self, alive: list[WorkerInfo], known: set[str]) -> SweepReport:
+        """Move every job of a dead queue, and every abandoned job, onto a live queue."""
         # Targets take new work; a draining worker finishes what it runs but gets nothing new.
         live = [w for w in alive if w.state != "stopping"]
         if not live:
@@ -180,7 +216,7 @@ class Janitor:
         self._recover_parked(live, live_names)
         moved = requeued = failed = 0
         tidy = time.monotonic() - self._tidied > TIDY_EVERY_S
-        for queue_name in self._known_queues():
+        for queue_name in known:
             dead = queue_name not in live_queues
             if dead:
                 moved += self._move_waiting(queue_name, live)

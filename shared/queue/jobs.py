@@ -63,6 +63,34 @@ async def add_to_lane(redis: Redis, job: Job) -> None:
         await pipe.execute()
 
 
+# KEYS: the awaiting-worker list, the job's hash. ARGV: most jobs the list may hold, the job id,
+# then the hash as field, value, ... Returns 1 if the job was stored and appended, 0 if full.
+HOLD_LUA = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local fields = {}
+for j = 3, #ARGV do fields[#fields + 1] = ARGV[j] end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('RPUSH', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+async def hold_for_worker(redis: Redis, job: Job, max_waiting: int) -> bool:
+    """Store an interactive job accepted while no worker is live and append it to the
+    awaiting-worker list; False (nothing stored) when that list already holds `max_waiting`."""
+    args: list[EncodableT] = [max_waiting, job.id]
+    for field, value in job_fields(job).items():
+        args += [field, value]
+    script = redis.register_script(HOLD_LUA)
+    return bool(await script(keys=[keys.AWAITING_WORKER, job.key], args=args))
+
+
+def hold_deadline(meta: JobMeta, max_wait_s: float) -> float:
+    """When a job awaiting a worker expires: its own deadline, or NO_WORKER_WAIT_S after creation."""
+    own = meta.expires_at if meta.expires_at is not None else float("inf")
+    return min(own, meta.created_at + max_wait_s)
+
+
 def fetch(redis: SyncRedis, job_id: str) -> Job | None:
     """The stored job, or None if it does not exist (never created, or expired)."""
     try:

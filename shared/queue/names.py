@@ -8,7 +8,14 @@ from __future__ import annotations
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
 from rq.results import Result
 
 from shared import keys
@@ -41,6 +48,12 @@ def intermediate_key(queue_name: str) -> str:
 def started_key(queue_name: str) -> str:
     """rq's started registry of a queue (entries `job_id:execution_id`): what is in flight."""
     return str(StartedJobRegistry.key_template.format(queue_name))
+
+
+def other_registry_keys(queue_name: str) -> list[str]:
+    """rq's registries of a queue besides the started one (removed with a retired queue)."""
+    registries = (FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry, DeferredJobRegistry)
+    return [str(r.key_template.format(queue_name)) for r in (*registries, ScheduledJobRegistry)]
 
 
 def job_key(job_id: str) -> str:

@@ -75,7 +75,9 @@ def test_request_timeout_is_504_naming_the_job_and_a_keyed_job_still_finishes(st
     stack.stop_api("short-timeout")
 
 
-def test_no_worker_means_503_and_not_ready(stacks) -> None:  # type: ignore[no-untyped-def]
+def test_no_worker_means_a_quick_503_for_chat_while_ready_to_accept(stacks) -> None:  # type: ignore[no-untyped-def]
+    """The API alone: /readyz 200 (it accepts and stores requests), the fleet signal says no,
+    chat (whole and streamed) answers 503 + Retry-After well under a second, jobs are accepted."""
     from tests.support.procs import ServiceProcess, free_port, service_env, wait_for
 
     port = free_port()
@@ -86,10 +88,17 @@ def test_no_worker_means_503_and_not_ready(stacks) -> None:  # type: ignore[no-u
         wait_for(lambda: answers(url), 30, "the API")
         health = httpx.get(f"{url}/health").json()
         assert health["ready"] is False and health["workers"] == [] and health["redis"] == "ok"
-        assert httpx.get(f"{url}/readyz").status_code == 503
-        r = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=10)
-        assert assert_openai_error(r, 503)["code"] == "no_workers"
-        assert int(r.headers["Retry-After"]) >= 1
+        assert health["accepting"] is True
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        assert httpx.get(f"{url}/readyz", params={"fleet": "true"}).status_code == 503
+        for body in (BODY, {**BODY, "stream": True}):
+            started = time.perf_counter()
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10)
+            assert time.perf_counter() - started < 0.5, "a chat request waited for a worker"
+            assert assert_openai_error(r, 503)["code"] == "no_workers"
+            assert int(r.headers["Retry-After"]) >= 1
+        job = httpx.post(f"{url}/v1/jobs", json=BODY, timeout=10)
+        assert job.status_code == 202 and job.json()["status"] == "queued", job.text
         assert httpx.get(f"{url}/livez").status_code == 200
     finally:
         api.stop()

@@ -49,6 +49,7 @@ class Fleet:
             "FAULT_KILL_MARKER": POISON,
             "PORT": str(self.port),
             "REQUEST_TIMEOUT_S": "120",
+            "WORKER_PROBE_PORT": "0",
         }
         # `omega-vlm worker` without --device supervises one process per CPU worker and restarts
         # any that dies, as `omega-vlm up` does.

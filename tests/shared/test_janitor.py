@@ -10,9 +10,10 @@ import time
 from redis import Redis
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from shared import keys
+from shared.contract import expired_error
 from shared.fleet import ModelCard, WorkerInfo, encode_info
 from shared.queue import names
 from shared.queue.finish import poison_error
@@ -128,3 +129,75 @@ def test_nothing_moves_without_a_live_target_or_without_the_lock(redis_server: R
     alive(conn, "live", state="stopping")  # draining: takes nothing new
     assert Janitor(conn, SETTINGS).sweep().moved == 0
     assert conn.llen(names.queue_key("omega.dead")) == 3 and status(conn, "running") == JobStatus.STARTED
+
+
+# --- retiring the queues of workers gone for good (DEAD_QUEUE_RETIRE_S) -------------------------
+RETIRING = load_settings(environ={"MAX_JOB_ATTEMPTS": "2", "DEAD_QUEUE_RETIRE_S": "300"})
+
+
+def queue_set(conn: Redis) -> set[str]:
+    return {names.queue_name(k.decode()) for k in conn.smembers(names.QUEUES)}
+
+
+def test_a_queue_gone_past_dead_queue_retire_s_is_emptied_then_retired(redis_server: RedisServer) -> None:
+    conn = seeded(redis_server)
+    conn.zadd(keys.WORKERS, {"dead": time.time() - 301})  # its last heartbeat: 301 s ago
+    FinishedJobRegistry("omega.dead", connection=conn).add(enqueue(conn, "not-ours", "done"), -1)
+    report = Janitor(conn, RETIRING).sweep()
+
+    assert (report.moved, report.requeued, report.retired) == (4, 1, 1)  # its jobs first, then the queue
+    assert "omega.dead" not in queue_set(conn) and "omega.live" in queue_set(conn)
+    assert conn.zscore(keys.WORKERS, "dead") is None  # gone from the fleet's heartbeat set too
+    assert not conn.exists("rq:finished:omega.dead"), "the retired queue's registries were left behind"
+    assert Janitor(conn, RETIRING).sweep().retired == 0  # once
+
+
+def test_a_queue_gone_for_less_stays_and_a_queue_with_jobs_stays_without_a_live_worker(
+    redis_server: RedisServer,
+) -> None:
+    conn = seeded(redis_server)
+    conn.zadd(keys.WORKERS, {"dead": time.time() - 200})
+    assert Janitor(conn, RETIRING).sweep().retired == 0
+    assert "omega.dead" in queue_set(conn)
+    # Nobody live at all (scaled to zero): an empty gone queue is retired, one holding jobs is not.
+    conn.delete(keys.worker_info("live"), names.queue_key("omega.live"))  # it served its jobs, then left
+    conn.zadd(keys.WORKERS, {"live": time.time() - 400, "dead": time.time() - 400})
+    enqueue(conn, "omega.dead", "stranded")
+    report = Janitor(conn, RETIRING).sweep()
+    assert report.retired == 1 and queue_set(conn) == {"omega.dead"}
+    assert conn.lrange(names.queue_key("omega.dead"), 0, -1) == [b"stranded"]
+
+
+def test_a_queue_whose_worker_left_no_heartbeat_is_dated_from_the_first_sweep(redis_server: RedisServer) -> None:
+    conn = redis_server.client(db=DB)
+    conn.flushdb()
+    enqueue(conn, "omega.left", "j")
+    conn.delete(names.queue_key("omega.left"))  # emptied; its worker left cleanly (no heartbeat entry)
+    settings = load_settings(environ={"DEAD_QUEUE_RETIRE_S": "0.5"})
+    janitor = Janitor(conn, settings)
+    assert janitor.sweep().retired == 0 and "omega.left" in queue_set(conn)
+    time.sleep(0.6)
+    assert janitor.sweep().retired == 1 and queue_set(conn) == set()
+
+
+def test_a_job_awaiting_a_worker_past_its_deadline_ends_expired_without_any_worker(
+    redis_server: RedisServer,
+) -> None:
+    conn = redis_server.client(db=DB)
+    conn.flushdb()
+    now = time.time()
+    for job_id, meta in {
+        "late": {"model": "m", "created_at": now - 5, "expires_at": now - 1},
+        "too-long": {"model": "m", "created_at": now - 61},  # past NO_WORKER_WAIT_S
+        "fresh": {"model": "m", "created_at": now, "expires_at": now + 60},
+    }.items():
+        Job.create(
+            keys.JOB_FUNC, args=(b"p",), id=job_id, connection=conn, serializer=MsgpackSerializer, meta=meta
+        ).save()
+        conn.rpush(keys.AWAITING_WORKER, job_id)
+    report = Janitor(conn, load_settings(environ={"NO_WORKER_WAIT_S": "60"})).sweep()
+    assert report.expired == 2
+    assert conn.lrange(keys.AWAITING_WORKER, 0, -1) == [b"fresh"]
+    for job_id in ("late", "too-long"):
+        outcome, _ = latest_outcome(conn, job_id)
+        assert outcome == expired_error(job_id)

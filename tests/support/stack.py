@@ -90,6 +90,7 @@ class StackFactory:
             "WORKER_TTL_S": "3",
             "REQUEST_TIMEOUT_S": "60",
             "LOG_LEVEL": "info",
+            "WORKER_PROBE_PORT": "0",  # many workers on one host: no fixed port each
         }
 
     def get(self, name: str, workers: int = 1, **overrides: str) -> Stack:

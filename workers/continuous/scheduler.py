@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from workers import progress
 from workers.batch import PreparedRow
 from workers.continuous.live import LiveRow, RowRules
 from workers.continuous.running import RunningBatch, prefill
@@ -105,6 +106,7 @@ class ContinuousEngine:
     # --- one scheduling iteration ----------------------------------------------------------
     @torch.inference_mode()
     def run_step(self) -> None:
+        progress.beat()  # the worker's /livez: the loop advanced (workers/progress.py)
         self._retire()
         self._admit()
         self._retire()  # rows whose first token already ended them
@@ -113,6 +115,8 @@ class ContinuousEngine:
             self.steps += 1
             self._check_budget()
             self._retire()
+        if self.idle:
+            progress.rest()  # idle is alive, however long it lasts
 
     def run_until_idle(self) -> None:
         while not self.idle:
