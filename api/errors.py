@@ -1,7 +1,10 @@
 """The one place exceptions become responses: OpenAI's error shape, never a traceback.
 
 `{"error": {"message", "type", "param", "code"}}` for everything a client can cause (validation,
-auth, size, routing) and for service-side trouble (Redis or blob store down: 503 + Retry-After).
+auth, size, routing) and for service-side trouble (Redis or blob store down, or Redis full at its
+`maxmemory` with `noeviction`: 503 + Retry-After). JSON nested deeper than the decoder's recursion
+limit (about 1000 levels) raises RecursionError while Litestar decodes the body: that is the
+client's input, a 400.
 Unexpected exceptions are logged with their traceback and answered with a generic 500.
 A leaf module: it imports nothing of the API, so every slice can raise through it. The rejections
 counter lives here because this handler is where every refusal passes; /metrics renders it from
@@ -19,6 +22,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import (
@@ -68,6 +72,11 @@ def to_service_error(exc: Exception) -> ServiceError:
         return error_from_fields(exc.status_code, str(exc.detail), None, None)
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, TimeoutError)):
         return ServiceUnavailable("the job queue is unavailable; retry shortly", code="queue_unavailable")
+    if isinstance(exc, RedisResponseError) and str(exc).startswith("OOM"):
+        # Redis at maxmemory (noeviction) refuses writes: nothing was stored; retry once it drains.
+        return ServiceUnavailable("the job queue is full (Redis maxmemory); retry shortly", code="queue_full")
+    if isinstance(exc, RecursionError):
+        return InvalidRequest("the JSON body is nested too deeply", code="json_too_deep")
     return InternalError("internal server error")
 
 
