@@ -10,7 +10,6 @@ from msgspec import Meta
 from api.chat.protocol import ChatCompletion, ChatCompletionRequest
 from shared.contract import CancelReason, JobStatus, Priority
 
-
 # OpenAI's bounds on `metadata` (16 pairs, 64-character keys, 512-character values): what one
 # client can make the service store per job.
 Metadata = Annotated[
