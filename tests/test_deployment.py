@@ -116,6 +116,15 @@ def test_redis_is_persistent() -> None:
     assert "always" in redis["template"]["spec"]["containers"][0]["args"]
 
 
+def has_memory_cap(argv: list[str]) -> bool:
+    return "--maxmemory" in argv and argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_redis_has_a_memory_cap_and_never_evicts() -> None:
+    assert has_memory_cap(compose()["services"]["redis"]["command"])
+    assert has_memory_cap(by_kind("StatefulSet", "omega-redis")["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
 def test_keda_scales_workers_on_waiting_jobs() -> None:
     scaled = by_kind("ScaledObject", "omega-worker")["spec"]
     assert scaled["scaleTargetRef"]["name"] == "omega-worker"
