@@ -252,14 +252,15 @@ class BatchAdvancer:
         if reader is not None:
             reader.close()
 
-    async def _lane_full(self) -> bool:
-        """The batch lane holds BATCH_LANE_MAX jobs: lines wait unexpanded in their file."""
-        return int(await self.redis.llen(keys.BATCH_LANE)) >= self.settings.batch_lane_max
+    async def _lane_room(self) -> int:
+        """Jobs the batch lane can still take (BATCH_LANE_MAX): beyond it lines wait unexpanded
+        in their file, and the batch waits; it is never refused."""
+        return self.settings.batch_lane_max - int(await self.redis.llen(keys.BATCH_LANE))
 
     async def _progress(self, record: BatchRecord) -> bool:
         if not record.number("expansion_done"):
-            room = self.settings.batch_expand_ahead - record.outstanding
-            if room > 0 and not await self._lane_full():
+            room = min(self.settings.batch_expand_ahead - record.outstanding, await self._lane_room())
+            if room > 0:
                 reader = await anyio.to_thread.run_sync(self._reader, record)
                 lines = await anyio.to_thread.run_sync(reader.read, min(room, LINES_PER_STEP))
                 if lines:
