@@ -22,6 +22,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -59,6 +60,19 @@ def _validation_error(exc: ValidationException) -> ServiceError:
     return InvalidRequest(f"{key}: {message}", param=key)
 
 
+def redis_is_full(exc: BaseException) -> bool:
+    """Redis refused a write at its maxmemory (noeviction). In a MULTI/EXEC pipeline redis-py
+    raises ExecAbortError with the OOM refusal as its cause."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RedisOutOfMemoryError) or (
+            isinstance(seen, RedisResponseError) and str(seen).startswith("OOM")
+        ):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def to_service_error(exc: Exception) -> ServiceError:
     if isinstance(exc, ServiceError):
         return exc
@@ -72,7 +86,7 @@ def to_service_error(exc: Exception) -> ServiceError:
         return error_from_fields(exc.status_code, str(exc.detail), None, None)
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, TimeoutError)):
         return ServiceUnavailable("the job queue is unavailable; retry shortly", code="queue_unavailable")
-    if isinstance(exc, RedisResponseError) and str(exc).startswith("OOM"):
+    if redis_is_full(exc):
         # Redis at maxmemory (noeviction) refuses writes: nothing was stored; retry once it drains.
         return ServiceUnavailable("the job queue is full (Redis maxmemory); retry shortly", code="queue_full")
     if isinstance(exc, RecursionError):

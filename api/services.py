@@ -39,6 +39,8 @@ from shared.blob_retention import BlobRetention
 from shared.blobstore import create_blob_store
 from shared.settings import Settings
 
+SHUTDOWN_WAIT_S = 5.0
+
 
 @dataclass(frozen=True)
 class Services:
@@ -110,7 +112,9 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded: a loop cancelled inside a thread call (anyio shields those) must not hold up
+        # shutdown; its thread ends on its own and the process is exiting anyway.
+        await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
         await fetcher.close()
         await redis.aclose()
         await blocking.aclose()

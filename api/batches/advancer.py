@@ -36,7 +36,7 @@ import anyio.to_thread
 import msgspec
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError, ResponseError
+from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.background import run_forever
@@ -55,6 +55,7 @@ from api.batches.service import BatchService
 from api.chat.protocol import ChatCompletionRequest
 from api.chat.service import build_chat_job, completion
 from api.dispatch.dispatcher import Dispatcher
+from api.errors import redis_is_full
 from api.files.service import FileService
 from api.intake.images import ImageIntake
 from api.jobs.service import JobService
@@ -95,8 +96,8 @@ def stopped_error(stopped: str, status: int, error_type: str) -> JobError:
 
 def is_outage(exc: BaseException) -> bool:
     """Trouble no batch is to blame for: Redis or the blob store unreachable, or Redis full."""
-    if isinstance(exc, ResponseError):
-        return str(exc).startswith("OOM")
+    if redis_is_full(exc):
+        return True
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, BlobStoreUnavailable, OSError, TimeoutError))
 
 
