@@ -68,7 +68,7 @@ class Janitor:
         self.settings = settings
         self.retention = retention  # image blob retention, swept every BLOB_SWEEP_INTERVAL_S
         self._tidied = 0.0
-        self._blobs_swept = 0.0
+        self._blobs_swept: float | None = None
         lock_s = max(5.0, settings.janitor_interval_s * 5)
         # One sweep at a time fleet-wide; redis-py's Lock releases only if it still owns the key.
         self.lock = redis.lock(LOCK, timeout=lock_s, blocking=False)
@@ -178,7 +178,8 @@ class Janitor:
 
     def _sweep_blobs(self) -> None:
         """Unreferenced image blobs (shared/blob_retention.py), under this lock: one sweep fleet-wide."""
-        if self.retention is None or time.monotonic() - self._blobs_swept < self.settings.blob_sweep_interval_s:
+        interval = self.settings.blob_sweep_interval_s
+        if self.retention is None or (self._blobs_swept is not None and time.monotonic() - self._blobs_swept < interval):
             return
         self._blobs_swept = time.monotonic()
         try:
