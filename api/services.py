@@ -39,9 +39,6 @@ from shared.blob_retention import BlobRetention
 from shared.blobstore import create_blob_store
 from shared.settings import Settings
 
-SHUTDOWN_WAIT_S = 5.0
-
-
 @dataclass(frozen=True)
 class Services:
     """The one instance of each slice's service (app.state.services)."""
@@ -67,6 +64,18 @@ def _redis(settings: Settings, *, blocking: bool) -> Redis:
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis(connection_pool=pool)
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel until every task has ended: redis-py's asyncio client (8.1, on Python 3.11) can
+    swallow a cancellation that lands mid-command, and the loop would then run on forever,
+    holding up shutdown (tests/api/test_lifespan.py)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)  # all ended: collects their exceptions
 
 
 @asynccontextmanager
@@ -110,11 +119,7 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        # Bounded: a loop cancelled inside a thread call (anyio shields those) must not hold up
-        # shutdown; its thread ends on its own and the process is exiting anyway.
-        await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
+        await _stop(tasks)
         await fetcher.close()
         await redis.aclose()
         await blocking.aclose()

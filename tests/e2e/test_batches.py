@@ -7,14 +7,12 @@ import json
 import time
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from redis import Redis
 
 from shared import keys
 from tests.conftest import STRICT_KEY
-from tests.support.assertions import assert_openai_error
 from tests.support.images import data_url, image_bytes
 from tests.support.stack import Stack, StackFactory
 
@@ -120,52 +118,6 @@ def test_cancel_a_batch(client: openai.OpenAI) -> None:
     assert done.request_counts is not None and done.request_counts.completed < 60
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)
-
-
-def test_files_and_batches_bad_input(strict_api: str, stack: Stack) -> None:
-    auth = {"Authorization": f"Bearer {STRICT_KEY}"}
-    with httpx.Client(base_url=strict_api, headers=auth, timeout=60) as c:
-
-        def upload(data: bytes, purpose: str = "batch") -> httpx.Response:
-            return c.post("/v1/files", files={"file": ("f.jsonl", data)}, data={"purpose": purpose})
-
-        assert assert_openai_error(upload(b'{"a": 1}\n', "fine-tune"), 400)["code"] == "invalid_purpose"
-        assert assert_openai_error(upload(b""), 400)["code"] == "empty_file"
-        assert assert_openai_error(upload(b"\n\n  \n"), 400)["code"] == "empty_file"
-        assert assert_openai_error(upload(b"a,b,c\n1,2,3\n"), 400)["code"] == "invalid_file"
-        assert assert_openai_error(upload(b"\xff\xfe\x00binary"), 400)["code"] == "invalid_file"
-        assert_openai_error(c.post("/v1/files", data={"purpose": "batch"}), 400)
-        assert_openai_error(c.get("/v1/files/file-nope"), 404)
-        assert_openai_error(c.get("/v1/files/file-nope/content"), 404)
-        assert_openai_error(c.get("/v1/batches/batch_nope"), 404)
-        assert_openai_error(c.post("/v1/batches/batch_nope/cancel"), 404)
-        assert_openai_error(
-            c.post("/v1/batches", json={"input_file_id": "file-nope", "endpoint": "/v1/chat/completions"}), 404
-        )
-        good = upload(b'{"custom_id": "x"}\n').json()["id"]
-        assert_openai_error(c.post("/v1/batches", json={"input_file_id": good, "endpoint": "/v1/embeddings"}), 400)
-        assert_openai_error(
-            c.post(
-                "/v1/batches",
-                json={"input_file_id": good, "endpoint": "/v1/chat/completions", "completion_window": "forever"},
-            ),
-            400,
-        )
-        assert_openai_error(c.post("/v1/batches", json={"endpoint": "/v1/chat/completions"}), 400)
-    assert_openai_error(
-        httpx.post(f"{strict_api}/v1/files", files={"file": ("f.jsonl", b"{}")}, data={"purpose": "batch"}), 401
-    )
-    assert_openai_error(httpx.get(f"{strict_api}/v1/batches"), 401)
-
-
-def test_file_over_the_size_limit_is_413(stack: Stack) -> None:
-    url = stack.start_api("small-files", MAX_FILE_BYTES="10000")
-    try:
-        big = b"\n".join(b'{"custom_id": "%d", "pad": "%s"}' % (i, b"x" * 100) for i in range(200))
-        r = httpx.post(f"{url}/v1/files", files={"file": ("big.jsonl", big)}, data={"purpose": "batch"})
-        assert_openai_error(r, 413)
-    finally:
-        stack.stop_api("small-files")
 
 
 @pytest.fixture(scope="module")

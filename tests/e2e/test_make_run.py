@@ -18,8 +18,8 @@ from tests.support.images import ALLOW_NETWORK, ImageHost, data_url, image_bytes
 from tests.support.procs import ROOT, free_port, wait_for
 
 
-@pytest.fixture(scope="module")
-def make_run(image_host: ImageHost) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+def start_make_run(**extra_env: str) -> tuple[str, subprocess.Popen[bytes], Path]:
+    """`make run` as a new user starts it, on a fresh port, Redis URL and data folder."""
     port, redis_port = free_port(), free_port()
     data = Path(tempfile.mkdtemp(prefix="omega-make-run-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMEGA_", "MODEL_", "API_KEY"))}
@@ -30,6 +30,7 @@ def make_run(image_host: ImageHost) -> Iterator[tuple[str, subprocess.Popen[byte
             "DATA_DIR": str(data),
             "IMAGE_FETCH_ALLOW_NETWORKS": ALLOW_NETWORK,
             "PROGRESS_LOGS": "1",
+            **extra_env,
         }
     )
     log = open(data / "make-run.log", "wb")  # noqa: SIM115
@@ -51,10 +52,15 @@ def make_run(image_host: ImageHost) -> Iterator[tuple[str, subprocess.Popen[byte
             return False
 
     wait_for(ready, 180, "make run to become ready", interval=0.5)
+    return url, proc, data
+
+
+@pytest.fixture(scope="module")
+def make_run(image_host: ImageHost) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    url, proc, data = start_make_run()
     yield url, proc, data
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
 
 
 def curl(url: str, path: str, body: dict | None = None) -> tuple[int, dict]:

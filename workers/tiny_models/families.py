@@ -14,8 +14,8 @@ _ALL = [
         "Idefics3 / SmolVLM",
         "Idefics3ForConditionalGeneration",
         idefics.idefics3,
-        notes="SmolVLM2 checkpoints (model type `smolvlm`) need the `num2words` package, which the "
-        "project does not install: their processor fails at start-up saying so",
+        notes="SmolVLM2 checkpoints (model type `smolvlm`) share this architecture; their processor needs "
+        "`num2words` (installed with the worker extra) and is not in the matrix itself",
     ),
     Family("llava_onevision", "LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", llava.llava_onevision),
     Family("llava_next", "LLaVA-NeXT", "LlavaNextForConditionalGeneration", llava.llava_next),

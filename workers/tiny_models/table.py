@@ -48,7 +48,8 @@ def render_section() -> str:
         "SDPA. 400: the request is refused with a 400 naming the reason. A model type the worker cannot\n"
         "serve at all stops it at start-up with an error naming the type. `make models` runs the matrix\n"
         "alone; `make supported-models` regenerates this table; a test fails when it is stale. To try a\n"
-        "family locally: `python -m workers.tiny_models.build qwen2_5_vl /tmp/qwen && MODEL_PATH=/tmp/qwen make run`."
+        "family locally: `python -m workers.tiny_models.build qwen2_5_vl /tmp/qwen && MODEL_PATH=/tmp/qwen make run`\n"
+        "(a test does exactly this for Qwen2.5-VL on a fresh port and data folder)."
     )
     return "\n".join([HEADING, "", intro, "", header, rule, *rows, ""]) + "\n"
 

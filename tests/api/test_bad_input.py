@@ -1,32 +1,26 @@
-"""Every bad input: a clear 4xx in OpenAI's error shape, never a 5xx, and nothing enqueued."""
+"""Every bad input, in-process: a clear 4xx in OpenAI's error shape, never a 5xx, nothing enqueued.
+
+Moved from tests/e2e/test_bad_input.py case for case; the app is the real one (lifespan, Redis,
+blob store, a ready worker in the fleet), only the socket is gone.
+"""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 
-import httpx
 import pytest
-from redis import Redis
 
-from tests.conftest import STRICT_KEY
-from tests.support.assertions import assert_openai_error, job_keys
+from tests.api.conftest import STRICT_KEY, Client
+from tests.support.assertions import assert_openai_error
 from tests.support.images import ImageHost, data_url, image_bytes, pixel_bomb
-from tests.support.stack import Stack
+
+pytestmark = pytest.mark.anyio
 
 GOOD = [{"role": "user", "content": "hi"}]
 
 
 def with_image(url: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image", "image": url}, {"type": "text", "text": "x"}]}]
-
-
-@pytest.fixture
-def no_new_jobs(stack: Stack) -> Iterator[None]:
-    client = Redis.from_url(stack.redis_url)
-    before = job_keys(client)
-    yield
-    assert job_keys(client) == before, "a bad request created a job"
 
 
 BAD_BODIES = [
@@ -52,9 +46,10 @@ BAD_BODIES = [
 
 
 @pytest.mark.parametrize(("body", "param"), BAD_BODIES)
-def test_malformed_and_wrongly_typed_bodies(stack: Stack, no_new_jobs: None, body: bytes, param: str | None) -> None:
-    with stack.client() as c:
-        r = c.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+async def test_malformed_and_wrongly_typed_bodies(
+    client: Client, no_new_jobs: None, body: bytes, param: str | None
+) -> None:
+    r = await client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
     error = assert_openai_error(r, 400)
     if param is not None:
         assert error["param"] is not None and error["param"].startswith(param)
@@ -85,21 +80,20 @@ OUT_OF_RANGE = [
 
 
 @pytest.mark.parametrize(("field", "value"), OUT_OF_RANGE, ids=[f"{f}={v!r}"[:40] for f, v in OUT_OF_RANGE])
-def test_out_of_range_and_unsupported_parameters(stack: Stack, no_new_jobs: None, field: str, value: object) -> None:
-    with stack.client() as c:
-        r = c.post("/v1/chat/completions", json={"messages": GOOD, field: value})
+async def test_out_of_range_and_unsupported_parameters(
+    client: Client, no_new_jobs: None, field: str, value: object
+) -> None:
+    r = await client.post("/v1/chat/completions", json={"messages": GOOD, field: value})
     assert_openai_error(r, 400, param=field)
 
 
-def test_min_tokens_above_max_tokens(stack: Stack, no_new_jobs: None) -> None:
-    with stack.client() as c:
-        r = c.post("/v1/chat/completions", json={"messages": GOOD, "max_tokens": 5, "min_tokens": 6})
+async def test_min_tokens_above_max_tokens(client: Client, no_new_jobs: None) -> None:
+    r = await client.post("/v1/chat/completions", json={"messages": GOOD, "max_tokens": 5, "min_tokens": 6})
     assert_openai_error(r, 400, param="min_tokens")
 
 
-def test_wrong_model_name_is_404(stack: Stack, no_new_jobs: None) -> None:
-    with stack.client() as c:
-        r = c.post("/v1/chat/completions", json={"messages": GOOD, "model": "gpt-4o"})
+async def test_wrong_model_name_is_404(client: Client, no_new_jobs: None) -> None:
+    r = await client.post("/v1/chat/completions", json={"messages": GOOD, "model": "gpt-4o"})
     assert assert_openai_error(r, 404, param="model")["code"] == "model_not_found"
 
 
@@ -133,33 +127,29 @@ BAD_IMAGES = [
 
 
 @pytest.mark.parametrize(("url", "code"), BAD_IMAGES)
-def test_bad_images(stack: Stack, no_new_jobs: None, url: str, code: str) -> None:
-    with stack.client() as c:
-        r = c.post("/v1/chat/completions", json={"messages": with_image(url), "max_tokens": 4})
+async def test_bad_images(client: Client, no_new_jobs: None, url: str, code: str) -> None:
+    r = await client.post("/v1/chat/completions", json={"messages": with_image(url), "max_tokens": 4})
     error = assert_openai_error(r, 400, param="messages[0].content[0].image")
     assert error["code"] == code, error
 
 
-def test_redirect_to_loopback_is_refused(stack: Stack, no_new_jobs: None, image_host: ImageHost) -> None:
+async def test_redirect_to_loopback_is_refused(client: Client, no_new_jobs: None, image_host: ImageHost) -> None:
     port = image_host.server.server_address[1]
     image_host.add("/real.png", image_bytes())
     for target in (f"http://127.0.0.1:{port}/real.png", "http://169.254.169.254/", "http://10.0.0.1/"):
         url = image_host.redirect(f"/to-{abs(hash(target))}", target)
-        with stack.client() as c:
-            r = c.post("/v1/chat/completions", json={"messages": with_image(url), "max_tokens": 4})
+        r = await client.post("/v1/chat/completions", json={"messages": with_image(url), "max_tokens": 4})
         assert assert_openai_error(r, 400)["code"] == "image_url_blocked"
 
 
-def test_remote_error_status_is_a_400(stack: Stack, no_new_jobs: None, image_host: ImageHost) -> None:
-    with stack.client() as c:
-        r = c.post("/v1/chat/completions", json={"messages": with_image(image_host.base + "/missing.png")})
+async def test_remote_error_status_is_a_400(client: Client, no_new_jobs: None, image_host: ImageHost) -> None:
+    r = await client.post("/v1/chat/completions", json={"messages": with_image(image_host.base + "/missing.png")})
     assert assert_openai_error(r, 400)["code"] == "image_fetch_failed"
 
 
 # --- the strict API: key, remote images off, small limits -------------------------------------
-def strict(url: str, key: str | None = STRICT_KEY) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=60)
+def auth(key: str | None = STRICT_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key is not None else {}
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key", ""])
@@ -175,49 +165,47 @@ def strict(url: str, key: str | None = STRICT_KEY) -> httpx.Client:
         ("GET", "/redoc"),
     ],
 )
-def test_missing_or_wrong_key_is_401(
-    strict_api: str, stack: Stack, no_new_jobs: None, key: str | None, method: str, path: str
+async def test_missing_or_wrong_key_is_401(
+    strict_client: Client, no_new_jobs: None, key: str | None, method: str, path: str
 ) -> None:
-    with strict(strict_api, key) as c:
-        r = c.request(method, path, json={"messages": GOOD, "inputs": "x"})
+    r = await strict_client.request(method, path, json={"messages": GOOD, "inputs": "x"}, headers=auth(key))
     assert_openai_error(r, 401)
 
 
-def test_key_with_other_scheme_is_401(strict_api: str, no_new_jobs: None) -> None:
-    r = httpx.get(f"{strict_api}/v1/models", headers={"Authorization": f"Basic {STRICT_KEY}"})
+async def test_key_with_other_scheme_is_401(strict_client: Client, no_new_jobs: None) -> None:
+    r = await strict_client.get("/v1/models", headers={"Authorization": f"Basic {STRICT_KEY}"})
     assert_openai_error(r, 401)
 
 
-def test_health_stays_open_with_a_key(strict_api: str) -> None:
-    assert httpx.get(f"{strict_api}/health").status_code == 200
-    with strict(strict_api) as c:
-        assert c.get("/v1/models").status_code == 200
-        assert c.get("/openapi.json").status_code == 200
+async def test_health_stays_open_with_a_key(strict_client: Client) -> None:
+    assert (await strict_client.get("/health")).status_code == 200
+    assert (await strict_client.get("/v1/models", headers=auth())).status_code == 200
+    assert (await strict_client.get("/openapi.json", headers=auth())).status_code == 200
 
 
-def test_too_many_images_refused_before_any_fetch(strict_api: str, no_new_jobs: None, image_host: ImageHost) -> None:
+async def test_too_many_images_refused_before_any_fetch(strict_client: Client, no_new_jobs: None) -> None:
     small = data_url(image_bytes())
     content = [{"type": "image", "image": small}] * 3 + [{"type": "text", "text": "x"}]
-    with strict(strict_api) as c:
-        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+    r = await strict_client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]}, headers=auth()
+    )
     assert assert_openai_error(r, 400, param="messages")["code"] == "too_many_images"
 
 
-def test_remote_images_disabled(strict_api: str, no_new_jobs: None, image_host: ImageHost) -> None:
+async def test_remote_images_disabled(strict_client: Client, no_new_jobs: None, image_host: ImageHost) -> None:
     url = image_host.add("/allowed-but-disabled.png", image_bytes())
-    with strict(strict_api) as c:
-        r = c.post("/v1/chat/completions", json={"messages": with_image(url)})
+    r = await strict_client.post("/v1/chat/completions", json={"messages": with_image(url)}, headers=auth())
     assert assert_openai_error(r, 400)["code"] == "remote_images_disabled"
 
 
-def test_body_over_the_limit_is_413(strict_api: str, no_new_jobs: None) -> None:
+async def test_body_over_the_limit_is_413(strict_client: Client, no_new_jobs: None) -> None:
     big = base64.b64encode(b"\0" * 400_000).decode()
-    with strict(strict_api) as c:
-        r = c.post("/v1/chat/completions", json={"messages": with_image(f"data:image/png;base64,{big}")})
+    r = await strict_client.post(
+        "/v1/chat/completions", json={"messages": with_image(f"data:image/png;base64,{big}")}, headers=auth()
+    )
     assert_openai_error(r, 413)
 
 
-def test_unknown_route_and_method(stack: Stack) -> None:
-    with stack.client() as c:
-        assert_openai_error(c.get("/v1/nothing-here"), 404)
-        assert_openai_error(c.get("/v1/chat/completions"), 405)
+async def test_unknown_route_and_method(client: Client) -> None:
+    assert_openai_error(await client.get("/v1/nothing-here"), 404)
+    assert_openai_error(await client.get("/v1/chat/completions"), 405)
