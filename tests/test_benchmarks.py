@@ -87,7 +87,13 @@ def test_gpu_engine_benchmark_runs_its_whole_path_on_a_tiny_model(tmp_path: Path
     )
     text = out.read_text()
     assert "| | engine, TORCH_COMPILE=on | engine, TORCH_COMPILE=off | plain transformers generate |" in text
-    for label in ("single stream, tokens/s", "first token with a 1024 px image, ms", "batch 1,", "batch 2,", "batch 32,"):
+    for label in (
+        "single stream, tokens/s",
+        "first token with a 1024 px image, ms",
+        "batch 1,",
+        "batch 2,",
+        "batch 32,",
+    ):
         row = next((line for line in text.splitlines() if line.startswith(f"| {label}")), None)
         assert row, label
         values = [float(v) for v in row.strip("|").split("|")[1:]]
@@ -96,7 +102,9 @@ def test_gpu_engine_benchmark_runs_its_whole_path_on_a_tiny_model(tmp_path: Path
 
 
 def test_engine_ab_compares_a_commit_with_the_work_tree() -> None:
-    out = run_module("benchmarks.engine_ab", "HEAD", "--tokens", "4", "--rounds", "1", "--alternations", "1", timeout=600)
+    out = run_module(
+        "benchmarks.engine_ab", "HEAD", "--tokens", "4", "--rounds", "1", "--alternations", "1", timeout=600
+    )
     assert "| output tokens/s | before (HEAD) | after (work tree) | after / before |" in out
     for key in ("sampled, batch 1", "sampled, batch 8", "greedy, batch 1", "greedy, batch 8"):
         row = next(line for line in out.splitlines() if line.startswith(f"| {key} |"))

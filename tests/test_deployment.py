@@ -197,7 +197,7 @@ def test_workers_share_a_preloaded_model_volume() -> None:
     (job,) = [d for d in yaml.safe_load_all((ROOT / "k8s" / "jobs" / "preload-model.yaml").read_text()) if d]
     pod = job["spec"]["template"]["spec"]
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "omega-models"
-    assert "cache_dir=\"/models/hub\"" in pod["containers"][0]["args"][0]
+    assert 'cache_dir="/models/hub"' in pod["containers"][0]["args"][0]
 
 
 def test_prometheus_operator_scrapes_the_api() -> None:

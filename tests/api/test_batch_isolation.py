@@ -6,18 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from litestar.testing import AsyncTestClient
 from redis import Redis
 
 from shared import keys
+from shared.settings import Settings
 from tests.support.hand_worker import finish_lane_jobs
-from tests.support.inprocess import api_client, inprocess_settings
+from tests.support.inproc import api_client, service_settings
 from tests.support.procs import RedisServer
 
 DB = 9
 FINAL = ("completed", "failed", "cancelled", "expired")
+
+
+def fresh(redis_server: RedisServer, workdir: Path, **env: str) -> Settings:
+    redis_server.client(DB).flushdb()
+    return service_settings(redis_server.url(DB), workdir, **env)
 
 
 def chat(i: int, **extra: Any) -> dict[str, Any]:
@@ -75,7 +82,7 @@ async def settled(client: AsyncTestClient, batch_id: str, submitted: int) -> Non
         await asyncio.sleep(0.05)
 
 
-def test_hostile_lines_become_error_rows(redis_server: RedisServer) -> None:
+def test_hostile_lines_become_error_rows(redis_server: RedisServer, tmp_path: Path) -> None:
     """The review's lines: top_k 2**64, a non-ASCII image URL, a body nested 5000 deep."""
     hostile = {
         "huge-top-k": line("huge-top-k", chat(1, top_k=18446744073709551616)),
@@ -93,7 +100,7 @@ def test_hostile_lines_become_error_rows(redis_server: RedisServer) -> None:
         ),
         "deep": line("deep", "[" * 5000 + "]" * 5000),
     }
-    settings = inprocess_settings(redis_server.url(DB), ALLOW_REMOTE_IMAGES="1")
+    settings = fresh(redis_server, tmp_path, ALLOW_REMOTE_IMAGES="1")
 
     async def go() -> None:
         async with api_client(settings) as client:
@@ -112,10 +119,10 @@ def test_hostile_lines_become_error_rows(redis_server: RedisServer) -> None:
     asyncio.run(go())
 
 
-def test_a_broken_batch_never_holds_up_another(redis_server: RedisServer) -> None:
+def test_a_broken_batch_never_holds_up_another(redis_server: RedisServer, tmp_path: Path) -> None:
     """A batch that cannot be advanced (a corrupt record) is failed after its retries; a batch
     created after it completes meanwhile."""
-    settings = inprocess_settings(redis_server.url(DB))
+    settings = fresh(redis_server, tmp_path)
     conn = Redis.from_url(settings.redis_url)
 
     async def go() -> None:
@@ -133,10 +140,10 @@ def test_a_broken_batch_never_holds_up_another(redis_server: RedisServer) -> Non
     asyncio.run(go())
 
 
-def test_a_cancelled_batch_accounts_for_every_line(redis_server: RedisServer) -> None:
+def test_a_cancelled_batch_accounts_for_every_line(redis_server: RedisServer, tmp_path: Path) -> None:
     """107 lines, cancelled midway: some finished, some queued, most never read. Output and
     error files together hold one row per input line, each custom_id once."""
-    settings = inprocess_settings(redis_server.url(DB), BATCH_EXPAND_AHEAD="40")
+    settings = fresh(redis_server, tmp_path, BATCH_EXPAND_AHEAD="40")
     conn = Redis.from_url(settings.redis_url)
 
     async def go() -> None:
@@ -159,9 +166,9 @@ def test_a_cancelled_batch_accounts_for_every_line(redis_server: RedisServer) ->
     asyncio.run(go())
 
 
-def test_an_unreadable_result_costs_only_its_line(redis_server: RedisServer) -> None:
+def test_an_unreadable_result_costs_only_its_line(redis_server: RedisServer, tmp_path: Path) -> None:
     """One line's bookkeeping corrupt at finalizing: that line gets an error row, the rest their results."""
-    settings = inprocess_settings(redis_server.url(DB))
+    settings = fresh(redis_server, tmp_path)
     conn = Redis.from_url(settings.redis_url)
 
     async def go() -> None:
@@ -179,9 +186,9 @@ def test_an_unreadable_result_costs_only_its_line(redis_server: RedisServer) -> 
     asyncio.run(go())
 
 
-def test_a_full_batch_lane_makes_batches_wait(redis_server: RedisServer) -> None:
+def test_a_full_batch_lane_makes_batches_wait(redis_server: RedisServer, tmp_path: Path) -> None:
     """BATCH_LANE_MAX: lines stay unexpanded while the lane is full; the batch is never refused."""
-    settings = inprocess_settings(redis_server.url(DB), BATCH_LANE_MAX="5")
+    settings = fresh(redis_server, tmp_path, BATCH_LANE_MAX="5")
     conn = Redis.from_url(settings.redis_url)
 
     async def go() -> None:

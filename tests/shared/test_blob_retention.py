@@ -25,7 +25,7 @@ from tests.shared.test_blobstore import s3_settings
 from tests.support.images import image_bytes
 from tests.support.procs import RedisServer
 
-DB = 12
+DB = 7
 TTL = 3600
 DAY_LATER = time.time() + 86400
 
