@@ -39,6 +39,7 @@ from shared.blob_retention import BlobRetention
 from shared.blobstore import create_blob_store
 from shared.settings import Settings
 
+
 @dataclass(frozen=True)
 class Services:
     """The one instance of each slice's service (app.state.services)."""

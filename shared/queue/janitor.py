@@ -178,8 +178,8 @@ class Janitor:
 
     def _sweep_blobs(self) -> None:
         """Unreferenced image blobs (shared/blob_retention.py), under this lock: one sweep fleet-wide."""
-        interval = self.settings.blob_sweep_interval_s
-        if self.retention is None or (self._blobs_swept is not None and time.monotonic() - self._blobs_swept < interval):
+        last, every = self._blobs_swept, self.settings.blob_sweep_interval_s
+        if self.retention is None or (last is not None and time.monotonic() - last < every):
             return
         self._blobs_swept = time.monotonic()
         try:
