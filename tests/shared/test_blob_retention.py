@@ -18,7 +18,7 @@ from shared import keys
 from shared.blob_retention import REFERENCED, BlobRetention, tombstone
 from shared.blobstore import BlobStore, create_blob_store, image_key, put_image
 from shared.contract import ImagePart, JobMeta, JobPayload, Message, SamplingParams, TextPart
-from shared.queue import jobs
+from shared.queue import jobs, names
 from shared.queue.janitor import Janitor
 from shared.settings_sources import load_settings
 from tests.shared.test_blobstore import s3_settings
@@ -99,3 +99,17 @@ def test_the_janitor_runs_the_sweep(conn: Redis, store: BlobStore) -> None:
     Janitor(conn, settings, retention).sweep()
     assert not store.exists(image_key(digest)) and conn.zscore(REFERENCED, digest) is None
     assert not conn.exists(keys.BATCH_LANE)
+
+
+def test_a_running_job_keeps_its_blob(conn: Redis, store: BlobStore, redis_server: RedisServer) -> None:
+    """A job in a worker queue's started registry (running) still needs its image."""
+    retention = BlobRetention(conn, store, TTL)
+    digest = put_image(store, image_bytes(color=(7, 8, 9)), retention)
+    lane_job(conn, redis_server.url(DB), "running", digest)
+    queue = "omega.worker-a"
+    conn.lrem(keys.BATCH_LANE, 1, "running")
+    conn.sadd(names.QUEUES, names.queue_key(queue))
+    conn.zadd(names.started_key(queue), {"running:execution-1": time.time() + 60})
+    assert retention.sweep(now=DAY_LATER) == 0 and store.exists(image_key(digest))
+    conn.zrem(names.started_key(queue), "running:execution-1")  # it ended
+    assert retention.sweep(now=DAY_LATER + TTL + 1) == 1 and not store.exists(image_key(digest))
