@@ -460,8 +460,9 @@ class BatchAdvancer:
 
     def _unexpanded_row(self, record: BatchRecord, line: RawLine, stopped: str) -> tuple[str, dict[str, Any]]:
         job_id = f"{record.id}-{line.number}"
-        if jobs.exists(self.sync_redis, job_id):
-            # Submitted by a process that died before recording it: its result counts like any other.
+        maybe_submitted = line.number <= record.number("expanded_lines") + LINES_PER_STEP
+        if maybe_submitted and jobs.exists(self.sync_redis, job_id):
+            # Submitted by a step that died before recording it: its result counts like any other.
             return self._row(record, job_id, None, stopped)
         parsed = parse_line(line, record.text("endpoint") or "", self.settings.max_request_bytes)
         if isinstance(parsed, LineError):
