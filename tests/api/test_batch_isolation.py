@@ -83,7 +83,8 @@ async def settled(client: AsyncTestClient, batch_id: str, submitted: int) -> Non
 
 
 def test_hostile_lines_become_error_rows(redis_server: RedisServer, tmp_path: Path) -> None:
-    """The review's lines: top_k 2**64, a non-ASCII image URL, a body nested 5000 deep."""
+    """The review's lines (top_k 2**64, a non-ASCII image URL, a body nested 5000 deep) and one
+    that raises inside the expansion: each is its own error row, the other lines run."""
     hostile = {
         "huge-top-k": line("huge-top-k", chat(1, top_k=18446744073709551616)),
         "non-ascii-url": line(
@@ -99,6 +100,11 @@ def test_hostile_lines_become_error_rows(redis_server: RedisServer, tmp_path: Pa
             },
         ),
         "deep": line("deep", "[" * 5000 + "]" * 5000),
+        # A lone surrogate passes JSON parsing and validation and raises further in (a 500 in
+        # the batch runner's tick, stalling every batch, before lines were isolated).
+        "lone-surrogate": line(
+            "lone-surrogate", '{"model": "model", "messages": [{"role": "user", "content": "\\ud800"}]}'
+        ),
     }
     settings = fresh(redis_server, tmp_path, ALLOW_REMOTE_IMAGES="1")
 
@@ -106,14 +112,14 @@ def test_hostile_lines_become_error_rows(redis_server: RedisServer, tmp_path: Pa
         async with api_client(settings) as client:
             good = [line(f"ok-{i}", chat(i)) for i in range(4)]
             batch_id = await create_batch(client, good[:2] + list(hostile.values()) + good[2:])
-            await settled(client, batch_id, 7)
+            await settled(client, batch_id, 8)
             finish_lane_jobs(Redis.from_url(settings.redis_url), 4)
             batch = await wait_for(client, batch_id, FINAL)
             assert batch["status"] == "completed", batch
-            assert batch["request_counts"] == {"total": 7, "completed": 4, "failed": 3}
+            assert batch["request_counts"] == {"total": 8, "completed": 4, "failed": 4}
             errors = {row["custom_id"]: row["error"] for row in await rows_of(client, batch["error_file_id"])}
-            assert set(errors) == {"huge-top-k", "non-ascii-url", None}  # the deep line has no readable custom_id
-            assert all(e["code"] != "internal_error" for e in errors.values())
+            assert set(errors) == {"huge-top-k", "non-ascii-url", "lone-surrogate", None}  # None: the deep line
+            assert [name for name, e in errors.items() if e["code"] == "internal_error"] == ["lone-surrogate"]
             assert len(await rows_of(client, batch["output_file_id"])) == 4
 
     asyncio.run(go())
