@@ -1,7 +1,10 @@
 """The one place exceptions become responses: OpenAI's error shape, never a traceback.
 
 `{"error": {"message", "type", "param", "code"}}` for everything a client can cause (validation,
-auth, size, routing) and for service-side trouble (Redis or blob store down: 503 + Retry-After).
+auth, size, routing) and for service-side trouble (Redis or blob store down, or Redis full at its
+`maxmemory` with `noeviction`: 503 + Retry-After). JSON nested deeper than the decoder's recursion
+limit (about 1000 levels) raises RecursionError while Litestar decodes the body: that is the
+client's input, a 400.
 Unexpected exceptions are logged with their traceback and answered with a generic 500.
 A leaf module: it imports nothing of the API, so every slice can raise through it. The rejections
 counter lives here because this handler is where every refusal passes; /metrics renders it from
@@ -19,6 +22,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import (
@@ -55,6 +60,19 @@ def _validation_error(exc: ValidationException) -> ServiceError:
     return InvalidRequest(f"{key}: {message}", param=key)
 
 
+def redis_is_full(exc: BaseException) -> bool:
+    """Redis refused a write at its maxmemory (noeviction). In a MULTI/EXEC pipeline redis-py
+    raises ExecAbortError with the OOM refusal as its cause."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RedisOutOfMemoryError) or (
+            isinstance(seen, RedisResponseError) and str(seen).startswith("OOM")
+        ):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def to_service_error(exc: Exception) -> ServiceError:
     if isinstance(exc, ServiceError):
         return exc
@@ -68,6 +86,11 @@ def to_service_error(exc: Exception) -> ServiceError:
         return error_from_fields(exc.status_code, str(exc.detail), None, None)
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, TimeoutError)):
         return ServiceUnavailable("the job queue is unavailable; retry shortly", code="queue_unavailable")
+    if redis_is_full(exc):
+        # Redis at maxmemory (noeviction) refuses writes: nothing was stored; retry once it drains.
+        return ServiceUnavailable("the job queue is full (Redis maxmemory); retry shortly", code="queue_full")
+    if isinstance(exc, RecursionError):
+        return InvalidRequest("the JSON body is nested too deeply", code="json_too_deep")
     return InternalError("internal server error")
 
 

@@ -35,6 +35,7 @@ from api.intake.remote_fetch import RemoteImageFetcher
 from api.jobs.service import JobService
 from api.jobs.submit_poll import SubmitPollService
 from api.ops.service import OpsService
+from shared.blob_retention import BlobRetention
 from shared.blobstore import create_blob_store
 from shared.settings import Settings
 
@@ -96,7 +97,8 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     fleet = FleetView(redis, settings)
     dispatcher = Dispatcher(settings, redis, blocking, sync_redis, fleet)
     jobs = JobService(settings, redis, sync_redis, fleet, dispatcher)
-    intake = ImageIntake(settings, store, fetcher)
+    retention = BlobRetention(sync_redis, store, settings.blob_ttl_s)
+    intake = ImageIntake(settings, store, fetcher, retention)
     files = FileService(settings, redis, store)
     batches = BatchService(redis, files)
     chat = ChatService(settings, intake, fleet, dispatcher, jobs)
@@ -113,7 +115,7 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(LaneFeeder(settings, redis, sync_redis, fleet).run(), name="feeder"),
         asyncio.create_task(advancer.run(), name="batch-advancer"),
-        asyncio.create_task(run_janitor(settings, sync_redis), name="janitor"),
+        asyncio.create_task(run_janitor(settings, sync_redis, retention), name="janitor"),
     ]
     try:
         yield

@@ -138,7 +138,7 @@ def _up_listening(settings: Settings, listener: socket.socket) -> int:
     settings = _apply_transformers_override(settings)
     children: list[Child] = []
     if not redis_server.reachable(settings.redis_url):
-        argv, url = redis_server.private_redis_plan(settings.redis_url, settings.data_path)
+        argv, url = redis_server.private_redis_plan(settings.redis_url, settings.data_path, settings.redis_maxmemory)
         if settings.log_format == "json":  # redis-server has one log format of its own: keep it apart
             argv += ["--logfile", str((settings.data_path / "redis" / "redis-server.log").resolve())]
         children.append(Child(name="redis-server", argv=argv, essential=True, stop_stage=2))

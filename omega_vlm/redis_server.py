@@ -54,8 +54,11 @@ def redis_binary() -> str:
     return path
 
 
-def private_redis_plan(url: str, data_dir: Path) -> tuple[list[str], str]:
-    """(argv, url) of a private redis-server for a local REDIS_URL that does not answer."""
+def private_redis_plan(url: str, data_dir: Path, maxmemory: str = "2gb") -> tuple[list[str], str]:
+    """(argv, url) of a private redis-server for a local REDIS_URL that does not answer.
+
+    `maxmemory` (REDIS_MAXMEMORY) with `noeviction`: a full Redis refuses writes (the API answers
+    503) instead of growing without bound or evicting jobs and results."""
     parts = urlsplit(url)
     if parts.scheme != "redis" or (parts.hostname or "") not in LOCAL_HOSTS:
         raise RedisUnavailable(f"REDIS_URL ({parts.scheme}://{parts.hostname}:{parts.port}) is not reachable")
@@ -83,6 +86,10 @@ def private_redis_plan(url: str, data_dir: Path) -> tuple[list[str], str]:
         "yes",
         "--loglevel",
         "warning",
+        "--maxmemory",
+        maxmemory,
+        "--maxmemory-policy",
+        "noeviction",
     ]
     db = parts.path.lstrip("/") or "0"
     return argv, f"redis://127.0.0.1:{port}/{db}"

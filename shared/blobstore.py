@@ -8,10 +8,13 @@ same image is stored once however many requests send it; files are stored under 
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from shared.errors import NotFound, ServiceUnavailable
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.blob_retention import BlobRetention
 
 
 class BlobNotFound(NotFound):
@@ -45,11 +48,15 @@ def image_key(digest: str) -> str:
     return f"images/{digest[:2]}/{digest}"
 
 
-def put_image(store: BlobStore, data: bytes) -> str:
-    """Store image bytes once under their sha256; returns the digest (the job's blob reference)."""
+def put_image(store: BlobStore, data: bytes, retention: BlobRetention | None = None) -> str:
+    """Store image bytes once under their sha256; returns the digest (the job's blob reference).
+
+    With `retention`, the reference is recorded first (BLOB_TTL_S counts from the latest one), and
+    a blob a sweep was deleting at that moment is written again."""
     digest = hashlib.sha256(data).hexdigest()
     key = image_key(digest)
-    if not store.exists(key):
+    rewrite = retention.touch(digest) if retention is not None else False
+    if rewrite or not store.exists(key):
         store.put_bytes(key, data)
     return digest
 

@@ -208,6 +208,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # behind more than this much batch work. 0 = twice the worker's batch capacity.
     batch_queue_depth: Annotated[NonNegInt, Opt("Batch-priority jobs waiting per worker queue at most")] = 0
     max_file_bytes: Annotated[PositiveInt, Opt("Largest uploaded batch file (413)")] = 200 * 1024 * 1024
+    # Quotas and retention (issue 12): batch-priority jobs waiting in the lane at most (/v1/jobs
+    # gets 503 beyond it, batches keep their lines unexpanded); how long an image blob nobody
+    # references is kept, and how often that is swept; `omega-vlm up`'s private Redis memory cap.
+    batch_lane_max: Annotated[PositiveInt, Opt("Batch-priority jobs waiting in the batch lane at most")] = 100_000
+    blob_ttl_s: Annotated[NonNegInt, Opt("Unreferenced image blobs are deleted after this (0 = never)")] = 86400
+    blob_sweep_interval_s: Annotated[
+        Annotated[float, Meta(gt=0)], Opt("How often unreferenced image blobs are looked for")
+    ] = 300.0
+    redis_maxmemory: Annotated[str, Opt("maxmemory of the private Redis `up` starts (0 = no limit)")] = "2gb"
     max_batch_lines: Annotated[PositiveInt, Opt("Most requests in one batch file")] = 50_000
     # Batch lines turned into queued jobs ahead of the ones finishing (bounds memory and Redis).
     batch_expand_ahead: Annotated[PositiveInt, Opt("Batch lines queued ahead of completions")] = 256

@@ -87,7 +87,13 @@ def test_gpu_engine_benchmark_runs_its_whole_path_on_a_tiny_model(tmp_path: Path
     )
     text = out.read_text()
     assert "| | engine, TORCH_COMPILE=on | engine, TORCH_COMPILE=off | plain transformers generate |" in text
-    for label in ("single stream, tokens/s", "first token with a 1024 px image, ms", "batch 1,", "batch 2,", "batch 32,"):
+    for label in (
+        "single stream, tokens/s",
+        "first token with a 1024 px image, ms",
+        "batch 1,",
+        "batch 2,",
+        "batch 32,",
+    ):
         row = next((line for line in text.splitlines() if line.startswith(f"| {label}")), None)
         assert row, label
         values = [float(v) for v in row.strip("|").split("|")[1:]]

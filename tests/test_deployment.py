@@ -147,6 +147,15 @@ def test_redis_is_persistent() -> None:
     assert "always" in redis["template"]["spec"]["containers"][0]["args"]
 
 
+def has_memory_cap(argv: list[str]) -> bool:
+    return "--maxmemory" in argv and argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_redis_has_a_memory_cap_and_never_evicts() -> None:
+    assert has_memory_cap(compose()["services"]["redis"]["command"])
+    assert has_memory_cap(by_kind("StatefulSet", "omega-redis")["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
 def test_keda_scales_workers_on_waiting_jobs() -> None:
     scaled = by_kind("ScaledObject", "omega-worker")["spec"]
     assert scaled["scaleTargetRef"]["name"] == "omega-worker"
@@ -219,7 +228,7 @@ def test_workers_share_a_preloaded_model_volume() -> None:
     (job,) = [d for d in yaml.safe_load_all((ROOT / "k8s" / "jobs" / "preload-model.yaml").read_text()) if d]
     pod = job["spec"]["template"]["spec"]
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "omega-models"
-    assert "cache_dir=\"/models/hub\"" in pod["containers"][0]["args"][0]
+    assert 'cache_dir="/models/hub"' in pod["containers"][0]["args"][0]
 
 
 def test_prometheus_operator_scrapes_the_api() -> None:

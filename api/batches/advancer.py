@@ -11,7 +11,15 @@ lost across restarts:
   written with HSETNX, so a line re-read after a crash never becomes a second job;
 - cancelling / expiry: no more lines; queued jobs are canceled, running ones asked to stop;
 - finalizing: output and error JSONL are written line by line to temporary files and stored as
-  files (purpose batch_output); the exact counts come from that pass.
+  files (purpose batch_output); the exact counts come from that pass. A cancelled or expired
+  batch accounts for every input line: lines never expanded get a `batch_cancelled` /
+  `batch_expired` error row.
+
+Isolation: an exception while turning one line into a job, or while writing one result, becomes
+that line's error row. An exception while advancing one batch is logged and counted on the
+batch (after MAX_STEP_ERRORS it is failed) and the loop goes on with the other batches. Only an
+outage (Redis or the blob store unreachable, Redis full) stops the whole tick: nothing can
+progress then, and no batch is blamed for it.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ from typing import Any
 import anyio.to_thread
 import msgspec
 from redis import Redis as SyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.background import run_forever
 from api.batches.lines import (
@@ -45,11 +55,12 @@ from api.batches.service import BatchService
 from api.chat.protocol import ChatCompletionRequest
 from api.chat.service import build_chat_job, completion
 from api.dispatch.dispatcher import Dispatcher
+from api.errors import redis_is_full
 from api.files.service import FileService
 from api.intake.images import ImageIntake
 from api.jobs.service import JobService
 from shared import keys
-from shared.blobstore import BlobNotFound
+from shared.blobstore import BlobNotFound, BlobStoreUnavailable
 from shared.contract import CANCELED, EXPIRED, FINAL_BATCH_STATUSES, JobError, JobMeta, JobResult
 from shared.errors import ServiceError
 from shared.queue import jobs
@@ -61,6 +72,9 @@ log = logging.getLogger("omega.api.batches")
 LOCK_S = 30.0
 LINES_PER_STEP = 32
 ITEM_PREFIX_ERROR = "!"
+MAX_STEP_ERRORS = 5  # unexpected errors advancing one batch before it is failed
+# (status, type) of a line a stopped batch never ran, as canceled_error / expired_error give jobs.
+UNRUN_ERRORS = {"cancelled": (409, "canceled_error"), "expired": (408, "expired_error")}
 
 # Set fields only if the batch is still in the expected status (a cancel may race a transition).
 _TRANSITION = """
@@ -68,6 +82,23 @@ if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
+
+
+def stopped_error(stopped: str, status: int, error_type: str) -> JobError:
+    """The error of a request that never ran (or was stopped) because its batch was cancelled or expired."""
+    return JobError(
+        status=status,
+        type=error_type,
+        code=f"batch_{stopped}",
+        message=f"the batch was {stopped} before this request ran",
+    )
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Trouble no batch is to blame for: Redis or the blob store unreachable, or Redis full."""
+    if redis_is_full(exc):
+        return True
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, BlobStoreUnavailable, OSError, TimeoutError))
 
 
 class BatchAdvancer:
@@ -110,13 +141,41 @@ class BatchAdvancer:
             if not await lock.acquire():
                 continue
             try:
-                busy |= await self.step(batch_id)
+                busy |= await self._isolated_step(batch_id)
             finally:
                 try:
                     await lock.release()  # token-checked: never another process's lock
                 except LockError:
                     log.warning("batch %s: lock expired during a step", batch_id)
         return busy
+
+    async def _isolated_step(self, batch_id: str) -> bool:
+        """`step`, with anything but an outage kept to this batch: logged, counted, and after
+        MAX_STEP_ERRORS the batch fails; the caller goes on with the other batches."""
+        try:
+            return await self.step(batch_id)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            log.exception("batch %s: advancing it failed", batch_id)
+            errors = int(await self.redis.hincrby(keys.batch_record(batch_id), "step_errors", 1))
+            if errors >= MAX_STEP_ERRORS:
+                await self._give_up(batch_id, exc)
+            return False
+
+    async def _give_up(self, batch_id: str, exc: Exception) -> None:
+        """A batch that keeps failing: stop it and write what it has, or fail it outright if even
+        that (validating or finalizing) is what fails."""
+        self._drop_reader(batch_id)
+        fields = {text(k): text(v) for k, v in (await self.redis.hgetall(keys.batch_record(batch_id))).items()}
+        record = BatchRecord(fields)
+        if record.status == "in_progress" and not record.text("stop_as"):
+            log.error("batch %s: stopping it after %d errors", batch_id, MAX_STEP_ERRORS)
+            await self.redis.hset(keys.batch_record(batch_id), mapping={"stop_as": "failed", "step_errors": 0})
+            return
+        log.error("batch %s: failing it after %d errors", batch_id, MAX_STEP_ERRORS)
+        await self._fail(record, "internal_error", f"the batch could not be processed ({type(exc).__name__})")
+        await self.redis.zrem(keys.BATCHES_ACTIVE, batch_id)
 
     async def step(self, batch_id: str) -> bool:
         """Advance one batch by a bounded amount of work; True if there is more to do at once."""
@@ -194,9 +253,14 @@ class BatchAdvancer:
         if reader is not None:
             reader.close()
 
+    async def _lane_room(self) -> int:
+        """Jobs the batch lane can still take (BATCH_LANE_MAX): beyond it lines wait unexpanded
+        in their file, and the batch waits; it is never refused."""
+        return self.settings.batch_lane_max - int(await self.redis.llen(keys.BATCH_LANE))
+
     async def _progress(self, record: BatchRecord) -> bool:
         if not record.number("expansion_done"):
-            room = self.settings.batch_expand_ahead - record.outstanding
+            room = min(self.settings.batch_expand_ahead - record.outstanding, await self._lane_room())
             if room > 0:
                 reader = await anyio.to_thread.run_sync(self._reader, record)
                 lines = await anyio.to_thread.run_sync(reader.read, min(room, LINES_PER_STEP))
@@ -216,12 +280,22 @@ class BatchAdvancer:
         return False
 
     async def _expand(self, record: BatchRecord, lines: list[RawLine]) -> None:
-        outcomes = await asyncio.gather(*(self._line(record, line) for line in lines))
-        for line, outcome in zip(lines, outcomes, strict=True):
+        results = await asyncio.gather(*(self._line(record, line) for line in lines), return_exceptions=True)
+        outages: list[BaseException] = []
+        for line, result in zip(lines, results, strict=True):
+            if isinstance(result, BaseException):
+                if is_outage(result) or not isinstance(result, Exception):
+                    outages.append(result)  # this line is read again when the step is retried
+                    continue
+                log.error("batch %s line %d: %r", record.id, line.number, result)
+                result = LineError(line.number, None, "internal_error", "the request could not be processed")
+            outcome = result
             value = outcome if isinstance(outcome, str) else ITEM_PREFIX_ERROR + msgspec.json.encode(outcome).decode()
             if await self.redis.hsetnx(keys.batch_items(record.id), str(line.number), value):
                 counter = "submitted" if isinstance(outcome, str) else "line_errors"
                 await self.redis.hincrby(keys.batch_record(record.id), counter, 1)
+        if outages:
+            raise outages[0]
 
     async def _line(self, record: BatchRecord, line: RawLine) -> str | LineError:
         """The job id a line became (submitted once, whatever happens), or its error."""
@@ -243,6 +317,19 @@ class BatchAdvancer:
                 )
         if await anyio.to_thread.run_sync(jobs.exists, self.sync_redis, job_id):
             return job_id
+        try:
+            return await self._submit(record, line, custom_id, body, job_id)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            log.exception("batch %s line %d: could not become a job", record.id, line.number)
+            return LineError(
+                line.number, custom_id, "internal_error", f"the request could not be processed ({type(exc).__name__})"
+            )
+
+    async def _submit(
+        self, record: BatchRecord, line: RawLine, custom_id: str, body: dict[str, Any], job_id: str
+    ) -> str | LineError:
         try:
             request = msgspec.convert(body, ChatCompletionRequest)
             payload, model = await build_chat_job(
@@ -308,34 +395,80 @@ class BatchAdvancer:
         with out_path.open("w") as out, err_path.open("w") as err:
             for number in sorted(items):
                 value = items[number]
-                if value.startswith(ITEM_PREFIX_ERROR):
-                    error = msgspec.json.decode(value[1:], type=LineError)
-                    err.write(json.dumps(line_error_line(record.id, error)) + "\n")
-                    counts["line_errors"] += 1
-                    continue
-                meta, outcome, ended = self._outcome(value)
-                custom_id = meta.custom_id if meta else custom_ids.get(str(number))
-                if isinstance(outcome, JobResult) and meta is not None:
-                    body = completion(value, meta.model, outcome, ended - meta.created_at, created=meta.created_at)
-                    out.write(json.dumps(success_line(value, custom_id or "", msgspec.to_builtins(body))) + "\n")
-                    counts["completed"] += 1
-                    continue
-                if not isinstance(outcome, JobError):
-                    code = f"batch_{stopped}" if stopped else "result_missing"
-                    outcome = JobError(
-                        status=500, type="server_error", code=code, message=f"no result for this request (job {value})"
-                    )
-                elif stopped and outcome.code in (CANCELED, EXPIRED):
-                    outcome = JobError(
-                        status=outcome.status,
-                        type=outcome.type,
-                        param=outcome.param,
-                        code=f"batch_{stopped}",
-                        message=f"the batch was {stopped} before this request ran",
-                    )
-                err.write(json.dumps(failure_line(value, custom_id, outcome.status, outcome.body()["error"])) + "\n")
-                counts["canceled" if outcome.code and outcome.code.startswith("batch_") else "failed"] += 1
+                try:
+                    kind, row = self._row(record, value, custom_ids.get(str(number)), stopped)
+                except Exception as exc:
+                    if is_outage(exc):
+                        raise
+                    # One unreadable result must not cost the batch its other results.
+                    log.exception("batch %s line %d: its result could not be written", record.id, number)
+                    kind, row = "failed", self._unreadable_row(value, custom_ids.get(str(number)))
+                (out if kind == "completed" else err).write(json.dumps(row) + "\n")
+                counts[kind] += 1
+            if stopped:
+                for kind, row in self._unexpanded_rows(record, stopped):
+                    err.write(json.dumps(row) + "\n")
+                    counts[kind] += 1
         return counts
+
+    def _row(
+        self, record: BatchRecord, value: str, custom_id: str | None, stopped: str | None
+    ) -> tuple[str, dict[str, Any]]:
+        """(count it belongs to, output or error row) of one recorded line."""
+        if value.startswith(ITEM_PREFIX_ERROR):
+            error = msgspec.json.decode(value[1:], type=LineError)
+            return "line_errors", line_error_line(record.id, error)
+        meta, outcome, ended = self._outcome(value)
+        custom_id = meta.custom_id if meta else custom_id
+        if isinstance(outcome, JobResult) and meta is not None:
+            body = completion(value, meta.model, outcome, ended - meta.created_at, created=meta.created_at)
+            return "completed", success_line(value, custom_id or "", msgspec.to_builtins(body))
+        if not isinstance(outcome, JobError):
+            code = f"batch_{stopped}" if stopped else "result_missing"
+            outcome = JobError(
+                status=500, type="server_error", code=code, message=f"no result for this request (job {value})"
+            )
+        elif stopped and outcome.code in (CANCELED, EXPIRED):
+            outcome = stopped_error(stopped, outcome.status, outcome.type)
+        kind = "canceled" if outcome.code and outcome.code.startswith("batch_") else "failed"
+        return kind, failure_line(value, custom_id, outcome.status, outcome.body()["error"])
+
+    @staticmethod
+    def _unreadable_row(job_id: str, custom_id: str | None) -> dict[str, Any]:
+        error = JobError(
+            status=500, type="server_error", code="result_unreadable", message="the result could not be read"
+        )
+        return failure_line(job_id, custom_id, error.status, error.body()["error"])
+
+    def _unexpanded_rows(self, record: BatchRecord, stopped: str) -> list[tuple[str, dict[str, Any]]]:
+        """Rows for the input lines a stopped batch never turned into jobs, so that the output and
+        error files together account for every line of the input."""
+        try:
+            stream = self.files.open(record.text("input_file_id") or "", record.number("expanded_offset"))
+        except BlobNotFound:
+            log.warning("batch %s: input file gone; its unexpanded lines get no rows", record.id)
+            return []
+        reader = LineReader(stream, record.number("expanded_offset"), record.number("expanded_lines"), 1 << 62)
+        rows: list[tuple[str, dict[str, Any]]] = []
+        try:
+            while lines := reader.read(LINES_PER_STEP):
+                for line in lines:
+                    rows.append(self._unexpanded_row(record, line, stopped))
+        finally:
+            reader.close()
+        return rows
+
+    def _unexpanded_row(self, record: BatchRecord, line: RawLine, stopped: str) -> tuple[str, dict[str, Any]]:
+        job_id = f"{record.id}-{line.number}"
+        maybe_submitted = line.number <= record.number("expanded_lines") + LINES_PER_STEP
+        if maybe_submitted and jobs.exists(self.sync_redis, job_id):
+            # Submitted by a step that died before recording it: its result counts like any other.
+            return self._row(record, job_id, None, stopped)
+        parsed = parse_line(line, record.text("endpoint") or "", self.settings.max_request_bytes)
+        if isinstance(parsed, LineError):
+            return "line_errors", line_error_line(record.id, parsed)
+        error = stopped_error(stopped, *UNRUN_ERRORS.get(stopped, (500, "server_error")))
+        return "canceled", failure_line(job_id, parsed[0], error.status, error.body()["error"])
 
     async def _finalize(self, record: BatchRecord) -> None:
         with tempfile.TemporaryDirectory(prefix="omega-batch-") as tmp:

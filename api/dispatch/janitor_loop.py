@@ -8,14 +8,15 @@ import anyio.to_thread
 from redis import Redis as SyncRedis
 
 from api.background import run_forever
+from shared.blob_retention import BlobRetention
 from shared.queue.janitor import Janitor
 from shared.settings import Settings
 
 log = logging.getLogger("omega.api.janitor")
 
 
-async def run_janitor(settings: Settings, sync_redis: SyncRedis) -> None:
-    janitor = Janitor(sync_redis, settings)
+async def run_janitor(settings: Settings, sync_redis: SyncRedis, retention: BlobRetention | None = None) -> None:
+    janitor = Janitor(sync_redis, settings, retention)
 
     async def sweep() -> float:
         await anyio.to_thread.run_sync(janitor.sweep)

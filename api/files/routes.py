@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from litestar import Controller, delete, get, post
 from litestar.datastructures import UploadFile
@@ -14,6 +15,15 @@ from litestar.response import Stream
 from api.files.protocol import DeletedFile, FileList, FileObject, FileUpload
 from api.files.service import FileService
 from shared.errors import InvalidRequest
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266 `attachment` with an ASCII fallback and the exact name as RFC 5987 UTF-8."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename) or "download"
+    exact = quote(filename, safe="")
+    if exact == filename:
+        return f'attachment; filename="{fallback}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}"
 
 
 class FilesController(Controller):
@@ -53,7 +63,7 @@ class FilesController(Controller):
             file_service.content(file_id),
             media_type="application/jsonl",
             headers={
-                "Content-Disposition": f'attachment; filename="{record.filename}"',
+                "Content-Disposition": content_disposition(record.filename),
                 "Content-Length": str(record.bytes),
             },
         )

@@ -47,7 +47,7 @@ def check_jsonl(stream: BinaryIO, max_bytes: int) -> tuple[int, int]:
             continue
         lines += 1
         if lines <= SNIFF_LINES and text.startswith("{"):
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):  # such a line is its own error row later
                 json_objects += isinstance(json.loads(text), dict)
     if lines == 0:
         raise InvalidRequest("the file is empty", param="file", code="empty_file")

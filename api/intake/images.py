@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import anyio.to_thread
 
 from api.intake.remote_fetch import RemoteImageFetcher
+from shared.blob_retention import BlobRetention
 from shared.blobstore import BlobStore, put_image
 from shared.errors import InvalidRequest, PayloadTooLarge
 from shared.images import probe_image
@@ -48,10 +49,17 @@ def decode_data_url(ref: ImageRef, max_bytes: int) -> bytes:
 
 
 class ImageIntake:
-    def __init__(self, settings: Settings, store: BlobStore, fetcher: RemoteImageFetcher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: BlobStore,
+        fetcher: RemoteImageFetcher,
+        retention: BlobRetention | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.fetcher = fetcher
+        self.retention = retention  # records each reference (BLOB_TTL_S counts from the latest)
 
     def check_refs(self, refs: Sequence[ImageRef]) -> None:
         """Everything that can be refused without network or disk, for all images first."""
@@ -89,7 +97,7 @@ class ImageIntake:
         slots = asyncio.Semaphore(self.settings.image_fetch_per_request)
         probed = await asyncio.gather(*(self._load(ref, slots, batch_id) for ref in refs))
         self._check_budget(refs, [pixels for _, pixels in probed])
-        stored = (anyio.to_thread.run_sync(put_image, self.store, data) for data, _ in probed)
+        stored = (anyio.to_thread.run_sync(put_image, self.store, data, self.retention) for data, _ in probed)
         return list(await asyncio.gather(*stored))
 
     def _check_budget(self, refs: Sequence[ImageRef], pixels: Sequence[int]) -> None:

@@ -10,13 +10,19 @@ from msgspec import Meta
 from api.chat.protocol import ChatCompletion, ChatCompletionRequest
 from shared.contract import CancelReason, JobStatus, Priority
 
+# OpenAI's bounds on `metadata` (16 pairs, 64-character keys, 512-character values): what one
+# client can make the service store per job.
+Metadata = Annotated[
+    dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]], Meta(max_length=16)
+]
+
 
 class JobCreateRequest(ChatCompletionRequest, kw_only=True):
     """POST /v1/jobs: a chat completion request, plus when to give up and how urgent it is."""
 
     expires_after: Annotated[float, Meta(gt=0, le=30 * 86400)] | None = None
     priority: Priority = "interactive"
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
 
 class ErrorDetail(msgspec.Struct):

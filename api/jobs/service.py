@@ -21,7 +21,7 @@ from api.dispatch.dispatcher import Dispatcher
 from api.dispatch.fleet_view import FleetView
 from shared import keys
 from shared.contract import CancelReason, JobError, canceled_error, expired_error
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, ServiceUnavailable
 from shared.queue import names
 from shared.queue.finish import finalize_unrun
 from shared.queue.outcomes import JobSnapshot, read_snapshot
@@ -96,6 +96,17 @@ class JobService:
             capacity = sum(w.capacity for w in workers) or self.settings.max_batch_size
             per_batch = max((w.avg_batch_seconds for w in workers), default=0.0)
         return position, round(math.ceil(position / capacity) * per_batch, 3)
+
+    async def check_lane_room(self) -> None:
+        """503 + Retry-After when the batch lane holds BATCH_LANE_MAX jobs (a quota on what
+        clients can park in Redis; the lane drains as workers take its jobs)."""
+        limit = self.settings.batch_lane_max
+        if int(await self.redis.llen(keys.BATCH_LANE)) >= limit:
+            raise ServiceUnavailable(
+                f"the batch lane is full ({limit} jobs waiting, BATCH_LANE_MAX); retry later",
+                code="batch_lane_full",
+                retry_after_s=30,
+            )
 
     # --- changing ----------------------------------------------------------------------------
     async def _take_out_of_line(self, snap: JobSnapshot) -> bool:

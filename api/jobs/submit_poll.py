@@ -41,6 +41,8 @@ class SubmitPollService:
             )
 
         async def create() -> str:
+            if data.priority == "batch":
+                await self.jobs.check_lane_room()
             chat = msgspec.convert(msgspec.to_builtins(data), ChatCompletionRequest)
             expires_at = time.time() + data.expires_after if data.expires_after is not None else None
             # Batch work waits in the lane, so only interactive jobs are refused for a full fleet;

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis import Redis
 from redis.exceptions import LockError
@@ -50,6 +51,9 @@ from shared.redis_text import text, texts
 from shared.serializer import MsgpackSerializer
 from shared.settings import Settings
 
+if TYPE_CHECKING:
+    from shared.blob_retention import BlobRetention
+
 log = logging.getLogger("omega.janitor")
 LOCK = f"{keys.PREFIX}:lock:janitor"
 MOVING = f"{keys.PREFIX}:janitor:moving"
@@ -66,11 +70,13 @@ class SweepReport:
 
 
 class Janitor:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, retention: BlobRetention | None = None) -> None:
         self.redis = redis
         self.settings = settings
+        self.retention = retention  # image blob retention, swept every BLOB_SWEEP_INTERVAL_S
         self._tidied = 0.0
         self.retirement = QueueRetirement(redis, settings.dead_queue_retire_s, settings.worker_ttl_s)
+        self._blobs_swept: float | None = None
         lock_s = max(5.0, settings.janitor_interval_s * 5)
         # One sweep at a time fleet-wide; redis-py's Lock releases only if it still owns the key.
         self.lock = redis.lock(LOCK, timeout=lock_s, blocking=False)
@@ -170,6 +176,7 @@ class Janitor:
         if not self.lock.acquire():
             return SweepReport()
         try:
+            self._sweep_blobs()
             return self._sweep()
         finally:
             try:
@@ -192,6 +199,17 @@ class Janitor:
                 finalize_unrun(self.redis, job_id, expired_error(job_id), self.settings.job_result_ttl_s)
                 expired += 1
         return expired
+
+    def _sweep_blobs(self) -> None:
+        """Unreferenced image blobs (shared/blob_retention.py), under this lock: one sweep fleet-wide."""
+        last, every = self._blobs_swept, self.settings.blob_sweep_interval_s
+        if self.retention is None or (last is not None and time.monotonic() - last < every):
+            return
+        self._blobs_swept = time.monotonic()
+        try:
+            self.retention.sweep()
+        except Exception:  # retention is housekeeping: never in the way of recovering jobs
+            log.exception("blob retention sweep failed")
 
     def _sweep(self) -> SweepReport:
         alive = self._alive()

@@ -92,10 +92,11 @@ def hold_deadline(meta: JobMeta, max_wait_s: float) -> float:
 
 
 def fetch(redis: SyncRedis, job_id: str) -> Job | None:
-    """The stored job, or None if it does not exist (never created, or expired)."""
+    """The stored job, or None if it does not exist (never created, expired, or an id rq would
+    never have made: rq raises ValueError for characters outside letters, digits, `_` and `-`)."""
     try:
         return Job.fetch(job_id, connection=redis, serializer=MsgpackSerializer)
-    except NoSuchJobError:
+    except (NoSuchJobError, ValueError):
         return None
 
 

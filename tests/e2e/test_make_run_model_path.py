@@ -23,7 +23,11 @@ def test_make_run_serves_a_qwen2_5_vl_folder(image_host: ImageHost) -> None:
         inline = data_url(image_bytes("JPEG", (64, 96)), "image/jpeg")
         for content in (
             [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": "Describe it."}],
-            [{"type": "image", "image": image_url}, {"type": "image", "image": inline}, {"type": "text", "text": "Compare."}],
+            [
+                {"type": "image", "image": image_url},
+                {"type": "image", "image": inline},
+                {"type": "text", "text": "Compare."},
+            ],
             "Hello, how are you?",
         ):
             body = {"model": "qwen", "messages": [{"role": "user", "content": content}], "max_tokens": 12, "seed": 1}

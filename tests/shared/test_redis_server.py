@@ -25,6 +25,12 @@ def test_private_plan_uses_append_only_persistence(tmp_path: Path) -> None:
     assert (tmp_path / "redis").is_dir()
 
 
+def test_private_plan_caps_memory_without_eviction(tmp_path: Path) -> None:
+    argv, _ = redis_server.private_redis_plan("redis://localhost:6399/0", tmp_path, "512mb")
+    assert argv[argv.index("--maxmemory") + 1] == "512mb"
+    assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+
+
 def test_remote_url_is_not_replaced(tmp_path: Path) -> None:
     with pytest.raises(redis_server.RedisUnavailable):
         redis_server.private_redis_plan("redis://redis.example.com:6379/0", tmp_path)

@@ -99,7 +99,9 @@ def test_a_rows_draws_do_not_depend_on_its_batch_mates() -> None:
 
     def sample(rows: list[int], step: int) -> list[int]:
         plans = [RowPlan(params=params[r], max_new_tokens=1, seed=params[r].seed or 0) for r in rows]
-        sampler = RowSampler(plans, prompt_width=1, pad_lengths=[0] * len(rows), eos_ids=[299], device=torch.device("cpu"))
+        sampler = RowSampler(
+            plans, prompt_width=1, pad_lengths=[0] * len(rows), eos_ids=[299], device=torch.device("cpu")
+        )
         out = sampler(torch.zeros((len(rows), 1 + step), dtype=torch.long), logits[rows].clone())
         return out.argmax(dim=-1).tolist()
 
