@@ -113,3 +113,14 @@ def test_a_running_job_keeps_its_blob(conn: Redis, store: BlobStore, redis_serve
     assert retention.sweep(now=DAY_LATER) == 0 and store.exists(image_key(digest))
     conn.zrem(names.started_key(queue), "running:execution-1")  # it ended
     assert retention.sweep(now=DAY_LATER + TTL + 1) == 1 and not store.exists(image_key(digest))
+
+
+def test_a_job_awaiting_a_worker_keeps_its_blob(conn: Redis, store: BlobStore, redis_server: RedisServer) -> None:
+    """Jobs accepted while no worker is live wait in their own list: their images must survive."""
+    retention = BlobRetention(conn, store, TTL)
+    digest = put_image(store, image_bytes(color=(11, 12, 13)), retention)
+    lane_job(conn, redis_server.url(DB), "held", digest)
+    conn.lrem(keys.BATCH_LANE, 1, "held")
+    conn.rpush(keys.AWAITING_WORKER, "held")
+    assert retention.sweep(now=DAY_LATER) == 0
+    assert store.exists(image_key(digest))
