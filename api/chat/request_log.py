@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from shared.contract import JobResult, SamplingParams
+from shared.errors import ServiceError
 from shared.logs import progress
 
 
@@ -21,3 +25,13 @@ def log_success(
 
 def log_failure(route: str, request_id: str, status: int, message: str) -> None:
     progress(f'[req] {route} {status} id={request_id[:12]} error="{message}"')
+
+
+@contextmanager
+def failures_logged(route: str, request_id: str) -> Iterator[None]:
+    """The seeds' error line ("[req] chat 500 id=… error=…") for a job whose wait ends in an error."""
+    try:
+        yield
+    except ServiceError as exc:
+        log_failure(route, request_id, exc.status_code, exc.message)
+        raise

@@ -36,7 +36,7 @@ from api.chat.protocol import (
     ServiceInfo,
     Usage,
 )
-from api.chat.request_log import log_success
+from api.chat.request_log import failures_logged, log_success
 from api.chat.streaming import ChatStream
 from api.dispatch.dispatcher import Dispatcher
 from api.dispatch.fleet_view import FleetView
@@ -172,7 +172,8 @@ class ChatService:
             meta = JobMeta(model=model, created_at=payload.created_at)
             await self.dispatcher.submit(payload, meta, self.settings.result_ttl_s)
             job_id, created_at = payload.id, payload.created_at
-        result = await self._wait(job_id, client_gone, keep=bool(idempotency_key))
+        with failures_logged("chat", job_id):
+            result = await self._wait(job_id, client_gone, keep=bool(idempotency_key))
         latency = time.perf_counter() - started
         log_success("chat", job_id, latency, model, result, chat_params(data, self.settings))
         return completion(job_id, model, result, latency, created=created_at)
@@ -252,7 +253,8 @@ class ChatService:
         )
         meta = JobMeta(model=self.settings.model_name, created_at=payload.created_at)
         await self.dispatcher.submit(payload, meta, self.settings.result_ttl_s)
-        result = await self._wait(payload.id, client_gone, keep=False)
+        with failures_logged("generate", payload.id):
+            result = await self._wait(payload.id, client_gone, keep=False)
         log_success("generate", payload.id, time.perf_counter() - started, self.settings.model_name, result, params)
         text = data.inputs + result.text if data.parameters and data.parameters.return_full_text else result.text
         details = None

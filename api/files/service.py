@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 import anyio.to_thread
 import msgspec
@@ -26,7 +26,6 @@ from shared.blobstore import BlobStore
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge
 from shared.settings import Settings
 
-Purpose = Literal["batch", "batch_output"]
 SNIFF_LINES = 100
 
 
