@@ -186,8 +186,8 @@ class StepServer:
         return self.engine.prepare(payload, images, self._tools)
 
     def _submit_ready(self, wait: bool) -> None:
-        """Submit prepared rows, in pull order where they are ready; with `wait` (nothing to
-        decode meanwhile), wait for the first one."""
+        """Submit prepared rows, in pull order where they are ready. With `wait` (nothing is
+        decoding) wait for every pulled row: what arrived together prefills together."""
         if self._solo is not None:
             if self._solo.id in self._entries:
                 return  # nothing joins a retried job
@@ -204,7 +204,6 @@ class StepServer:
             except Exception as exc:  # a bad image or an invalid prompt: this job fails alone
                 self._end(entry, job_error(exc, entry.id))
                 continue
-            wait = False
             if entry.queued.retried and (self.ce.batch is not None or self.ce.waiting):
                 blocked = True  # it waits for an empty engine, and so does everything after it
                 keep.append(entry)
