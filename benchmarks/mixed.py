@@ -42,7 +42,9 @@ class Mixed:
     long_tokens_per_s: float
 
 
-def mixed(url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 10) -> Mixed:
+def mixed(
+    url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 10, extra: dict[str, Any] | None = None
+) -> Mixed:
     """`long_clients` connections send LONG_TOKENS requests back to back; meanwhile `n_short`
     SHORT_TOKENS requests arrive at exponential gaps of mean `gap_s` (fixed seed), each on a
     connection of its own."""
@@ -56,7 +58,9 @@ def mixed(url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 1
         try:
             i = 0
             while not done.is_set():
-                reply = await conn.post("/v1/chat/completions", msgspec.json.encode(body(1000 * k + i, LONG_TOKENS)))
+                reply = await conn.post(
+                    "/v1/chat/completions", msgspec.json.encode(body(1000 * k + i, LONG_TOKENS, **(extra or {})))
+                )
                 long.append(reply.seconds)
                 i += 1
         finally:
@@ -65,7 +69,7 @@ def mixed(url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 1
     async def one_short(i: int) -> None:
         conn = await load.Connection.open(url)
         try:
-            reply = await conn.post("/v1/chat/completions", msgspec.json.encode(body(i, SHORT_TOKENS)))
+            reply = await conn.post("/v1/chat/completions", msgspec.json.encode(body(i, SHORT_TOKENS, **(extra or {}))))
             assert reply.status == 200, reply.body
             short.append(reply.seconds)
         finally:
@@ -88,9 +92,10 @@ def mixed(url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 1
     return Mixed(short, long, len(long) * LONG_TOKENS / wall)
 
 
-def idle(url: str, n: int) -> list[float]:
+def idle(url: str, n: int, extra: dict[str, Any] | None = None) -> list[float]:
     """One SHORT_TOKENS request at a time on an idle service."""
-    return [r.seconds for r in load.sequential(url, "/v1/chat/completions", [body(i, SHORT_TOKENS) for i in range(n)])]
+    bodies = [body(i, SHORT_TOKENS, **(extra or {})) for i in range(n)]
+    return [r.seconds for r in load.sequential(url, "/v1/chat/completions", bodies)]
 
 
 def throughput(url: str, total: int, clients: int, lengths: tuple[int, ...]) -> float:
@@ -102,13 +107,13 @@ def throughput(url: str, total: int, clients: int, lengths: tuple[int, ...]) -> 
     return sum(r.json()["usage"]["completion_tokens"] for r in replies) / wall
 
 
-def ttft(url: str, n: int) -> list[float]:
+def ttft(url: str, n: int, extra: dict[str, Any] | None = None) -> list[float]:
     """Seconds to the first content chunk of a streamed 32-token answer, one request at a time."""
     out = []
     with httpx.Client(base_url=url, timeout=600) as client:
         for i in range(n):
             started = time.perf_counter()
-            with client.stream("POST", "/v1/chat/completions", json=body(i, 32, stream=True)) as r:
+            with client.stream("POST", "/v1/chat/completions", json=body(i, 32, stream=True, **(extra or {}))) as r:
                 lines = r.iter_lines()
                 for line in lines:
                     if '"content":"' in line and '"content":""' not in line:
