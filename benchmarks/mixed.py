@@ -104,7 +104,8 @@ def throughput(url: str, total: int, clients: int, lengths: tuple[int, ...]) -> 
     wall, replies = load.concurrent(
         url, "/v1/chat/completions", total, clients, lambda i: body(i, lengths[i % len(lengths)])
     )
-    return sum(r.json()["usage"]["completion_tokens"] for r in replies) / wall
+    tokens: int = sum(r.json()["usage"]["completion_tokens"] for r in replies)
+    return tokens / wall
 
 
 def ttft(url: str, n: int, extra: dict[str, Any] | None = None) -> list[float]:

@@ -108,7 +108,7 @@ class Rig:
 
     def start(self) -> None:
         # Signal handlers can only be installed from the main thread; this worker runs in another.
-        self.worker._install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.worker._install_signal_handlers = lambda: None
         self.thread = threading.Thread(target=lambda: self.worker.work(burst=True), daemon=True)
         self.thread.start()
 
@@ -177,7 +177,7 @@ def job(
     if image and rig.engine.m.supports_images:
         digest = put_image(rig.store, image_bytes("PNG", (64, 48), (20, 160, 90)))
         parts = (ImagePart(digest), *parts)
-    sampling = {"temperature": 0.9, "top_p": 0.9, "do_sample": True} if seed is not None else {}
+    sampling: dict[str, Any] = {"temperature": 0.9, "top_p": 0.9, "do_sample": True} if seed is not None else {}
     return JobPayload(
         id=job_id,
         messages=(Message("user", parts),),
@@ -228,7 +228,9 @@ def test_a_job_canceled_mid_flight_frees_its_slot_for_a_waiting_job(
     rig.conn.zadd(keys.CANCEL_REQUESTS, {"victim": asked})
     rig.join()
     canceled = rig.outcome("victim")
-    assert isinstance(canceled, JobError) and canceled.code == CANCELED and "while it was running" in canceled.message, canceled
+    assert (
+        isinstance(canceled, JobError) and canceled.code == CANCELED and "while it was running" in canceled.message
+    ), canceled
     victim, following = rig.job("victim"), rig.job("next")
     assert victim.ended_at is not None and following.started_at is not None
     assert victim.ended_at <= following.started_at
@@ -287,4 +289,32 @@ def test_a_stop_request_finishes_running_rows_and_puts_waiting_jobs_back(rig_fac
     assert len(running) == 2
     assert all(rig.result(f"drain-{i}").completion_tokens == 60 for i in running)
     assert rig.conn.llen(rig.queue.key) == 2 and rig.conn.llen(rig.queue.intermediate_queue_key) == 0
+    assert StartedJobRegistry(queue=rig.queue).get_job_ids() == []
+
+
+def test_a_failing_decoding_step_fails_its_rows_and_the_worker_goes_on(
+    rig_factory: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.continuous.running import RunningBatch
+
+    real_step = RunningBatch.step
+    calls = {"n": 0}
+
+    def flaky(self: RunningBatch, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("device out of memory (injected)")
+        real_step(self, *args)
+
+    monkeypatch.setattr(RunningBatch, "step", flaky)
+    rig = rig_factory("llama")
+    rig.enqueue(job(rig, "hit-0", 20))
+    rig.enqueue(job(rig, "hit-1", 20))
+    rig.run()
+    for hit in ("hit-0", "hit-1"):
+        failed = rig.outcome(hit)
+        assert isinstance(failed, JobError) and failed.code == "generation_failed", failed
+    rig.enqueue(job(rig, "after", 5))
+    rig.run()
+    assert rig.result("after").completion_tokens == 5
     assert StartedJobRegistry(queue=rig.queue).get_job_ids() == []
