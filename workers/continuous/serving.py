@@ -5,8 +5,8 @@ Each iteration is one step boundary:
    with attempts > 0, only into an empty engine, and nothing joins it: poison isolation);
 2. one engine step: ended rows retire, waiting rows are admitted (prefill), every row decodes;
 3. the step's rq bookkeeping in one round trip: admitted jobs start, ended rows finish;
-4. with free slots, more jobs are pulled (non-blocking LMOVEs); their images are read and their
-   rows prepared on a thread of their own while the running rows decode.
+4. with free slots, more jobs are pulled (non-blocking LMOVEs); jobs with images are read and
+   prepared on a thread of their own while the running rows decode (text-only ones at once).
 When nothing runs or waits it returns, and rq's blocking pop waits for the next job (no batch
 window, no timer-resolution wait). Cancel requests are polled every 50 ms (CancelWatch) for every
 job this loop holds; the engine checks the flags at every step.
@@ -167,8 +167,17 @@ class StepServer:
             if entry.payload.expires_at is not None and time.time() > entry.payload.expires_at:
                 self._end(entry, expired_error(queued.id))
                 continue
-            self.images.prefetch(entry.payload.image_blobs)  # the loader's threads start now
-            entry.future = self._prep.submit(self._prepare, entry.payload)
+            if entry.payload.image_blobs:
+                self.images.prefetch(entry.payload.image_blobs)  # the loader's threads start now
+                entry.future = self._prep.submit(self._prepare, entry.payload)
+            else:
+                # Text only: tokenising costs less than a thread hop, and the row can join at the
+                # very next step boundary instead of the one after.
+                entry.future = Future()
+                try:
+                    entry.future.set_result(self.engine.prepare(entry.payload, []))
+                except Exception as exc:
+                    entry.future.set_exception(exc)
             self._pending.append(entry)
         self._watch()
 
