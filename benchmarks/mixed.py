@@ -26,13 +26,16 @@ MIXED_LENGTHS = (4, 16, 64, 256)
 
 
 def body(i: int, tokens: int, **extra: Any) -> dict[str, Any]:
-    return {
+    """A chat request of `tokens` new tokens; an `extra` key set to None is left out (the peer
+    rejects fields it does not know, min_tokens among them)."""
+    fields = {
         "messages": [{"role": "user", "content": f"benchmark request number {i}"}],
         "max_tokens": tokens,
         "min_tokens": tokens,
         "temperature": 0,
         **extra,
     }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ def mixed(
     gaps = np.random.default_rng(seed).exponential(gap_s, n_short)
     short: list[float] = []
     long: list[float] = []
+    tokens: list[int] = []
     done = asyncio.Event()
 
     async def long_client(k: int) -> None:
@@ -62,6 +66,7 @@ def mixed(
                     "/v1/chat/completions", msgspec.json.encode(body(1000 * k + i, LONG_TOKENS, **(extra or {})))
                 )
                 long.append(reply.seconds)
+                tokens.append(int(reply.json()["usage"]["completion_tokens"]))
                 i += 1
         finally:
             await conn.close()
@@ -89,7 +94,7 @@ def mixed(
         return time.perf_counter() - started
 
     wall = load._run(go())
-    return Mixed(short, long, len(long) * LONG_TOKENS / wall)
+    return Mixed(short, long, sum(tokens) / wall)
 
 
 def idle(url: str, n: int, extra: dict[str, Any] | None = None) -> list[float]:

@@ -1,8 +1,10 @@
 """The issue-10 peer: `transformers serve --continuous-batching` beside this service, on the same
 tiny text-only model folder, the same torch threads and the same client (benchmarks/mixed.py).
 
-`python -m benchmarks.peer --peer-path DIR`: DIR holds `transformers[serving]`'s extra packages
-(installed with `pip install --target DIR fastapi`), so the service's own environment is untouched.
+`python -m benchmarks.peer --peer-path DIR`: DIR holds the packages `transformers serve` needs
+beyond this project's (`pip install --target DIR fastapi` and `pip install --no-deps --target DIR
+accelerate`), so the service's own environment is untouched. The peer rejects `min_tokens`, so
+both get requests without it (a row may end early at EOS; tokens/s counts the usage reported).
 """
 
 from __future__ import annotations
@@ -88,14 +90,16 @@ def main() -> None:
             if time.monotonic() > deadline or peer.poll() is not None:
                 raise RuntimeError("transformers serve did not start")
             time.sleep(0.5)
-        results["transformers serve --continuous-batching"] = measure(peer_url, {"model": str(folder)}, args.n)
+        results["transformers serve --continuous-batching"] = measure(
+            peer_url, {"model": str(folder), "min_tokens": None}, args.n
+        )
     finally:
         peer.terminate()
         peer.wait(30)
     service = BenchService(folder)
     try:
         service.start_worker(MAX_BATCH_SIZE="8", ENGINE="continuous")
-        results["this service, ENGINE=continuous"] = measure(service.url, {}, args.n)
+        results["this service, ENGINE=continuous"] = measure(service.url, {"min_tokens": None}, args.n)
     finally:
         service.stop()
     print(
