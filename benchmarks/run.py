@@ -33,7 +33,7 @@ from PIL import Image
 from redis import Redis
 from rq.suspension import resume, suspend
 
-from benchmarks import load
+from benchmarks import load, mixed
 from benchmarks.service import COMPUTE_THREADS, BenchService
 from shared.contract import JobPayload, Message, SamplingParams, TextPart
 from shared.images import decode_image
@@ -261,6 +261,9 @@ def run(quick: bool) -> str:
                 f"| worker: start of generate to first token | {ms(percentile(worker, 50))} | {ms(percentile(worker, 99))} |",
             ],
         )
+
+        # 3b. the two engines side by side: head-of-line blocking, idle latency, throughput.
+        report.add("Continuous vs static engine", command, mixed.compare(service.start_worker, service.url, quick))
 
         # 4. image intake (workers paused: only validation, fetch, probe, store and enqueue count).
         redis = Redis.from_url(service.env["REDIS_URL"])

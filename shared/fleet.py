@@ -44,6 +44,13 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     # Moving average of one micro-batch's wall time: the API's wait estimates use it (the wire
     # name predates the word "micro-batch" and stays, so old and new processes read each other).
     avg_batch_seconds: float = 0.0
+    # The continuous engine's load, renewed with each heartbeat (defaults: what an older or a
+    # static worker means): rows decoding now, slots free for more, KV tokens the running rows
+    # may reach (the figure MAX_BATCH_TOKENS bounds).
+    engine: str = "static"
+    running: int = 0
+    free_slots: int = 0
+    kv_tokens: int = 0
 
     @property
     def rq_name(self) -> str:

@@ -113,6 +113,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_tokens: Annotated[
         NonNegInt, Opt("Per generate call: rows x (prompt + new tokens) at most (0 = no limit)")
     ] = 0
+    # continuous: rows join and leave the running batch at every decoding step (workers/continuous);
+    # static: one generate call per micro-batch, kept for A/B benchmarks.
+    engine: Annotated[
+        Literal["static", "continuous"],
+        Opt("static | continuous: a generate call per micro-batch, or rows joining at every step"),
+    ] = "continuous"
     max_batch_pixels: Annotated[NonNegInt, Opt("Per generate call: image pixels at most (0 = no limit)")] = 0
     request_timeout_s: Annotated[PositiveFloat, Opt("Synchronous wait before 504")] = 300.0
 

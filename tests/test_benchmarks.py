@@ -42,6 +42,7 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
         "### Throughput: 16 concurrent clients",
         "### Requests with images: read-ahead on and off",
         "### Time to first token",
+        "### Continuous vs static engine",
         "### Image intake",
         "### API intake capacity",
         "### Engine against plain transformers generate (CPU)",
@@ -49,7 +50,7 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     ):
         assert section in report, section
     # Every section names the command that produced it.
-    assert report.count("Command: `make bench BENCH_ARGS=--quick`") == 6
+    assert report.count("Command: `make bench BENCH_ARGS=--quick`") == 7
     assert number(report, r"Service overhead at p50: (-?[\d.]+) ms") > -1000
     for batch in (1, 4, 8):
         row = re.search(rf"^\| {batch} \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", report, re.M)
@@ -62,6 +63,9 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     assert re.search(r"\| read-ahead off \(IMAGE_CACHE_SIZE=0\) \| [\d.]+ \| \d+ \|", report)
     assert re.search(r"\| http URL \| [\d.]+ \| [\d.]+ \|", report)
     assert number(report, r"\*\*(\d+) requests/s\*\*") > 0
+    row = r"^\| mixed: 4-token request beside 256-token ones, p50 \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ \|$"
+    assert re.search(row, report, re.M)
+    assert number(report, r"Short requests beside long ones, p50: ([\d.]+)x faster") > 0
     assert "Command: `python -m benchmarks.gpu_engine --tiny --device cpu" in report
     assert re.search(r"^\| batch 8, output tokens/s \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", report, re.M)
 

@@ -31,41 +31,47 @@ class CancelWatch:
         self.period_s = period_s
         self._cond = threading.Condition()
         self._ids: list[str] = []
-        self._batch = 0  # bumped whenever the watched set is replaced
+        self._told: set[str] = set()  # ids passed on already, while still watched
         self._thread: threading.Thread | None = None
 
-    @contextmanager
-    def watching(self, job_ids: Sequence[str]) -> Iterator[None]:
-        """Pass on cancel requests for job_ids (each once) until the block ends."""
+    def watch(self, job_ids: Sequence[str]) -> None:
+        """Watch exactly `job_ids` from now on (the continuous worker calls this whenever its
+        rows change); an id already passed on is not passed on again."""
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="cancel-watch", daemon=True)
                 self._thread.start()
-            self._ids = list(job_ids)
-            self._batch += 1
+            self._told &= set(job_ids)
+            self._ids = [i for i in job_ids if i not in self._told]
             self._cond.notify_all()
+
+    @contextmanager
+    def watching(self, job_ids: Sequence[str]) -> Iterator[None]:
+        """Pass on cancel requests for job_ids (each once) until the block ends."""
+        self.watch(job_ids)
         try:
             yield
         finally:
-            with self._cond:
-                self._ids = []
-                self._batch += 1
-                self._cond.notify_all()
+            self.watch([])
 
     def _loop(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._ids))
-                batch = self._batch
-                if self._cond.wait_for(lambda b=batch: self._batch != b, timeout=self.period_s):  # type: ignore[misc]
-                    continue  # the micro-batch ended or changed within the period: start over
+                # One period between polls, whatever changes meanwhile (the continuous worker's set
+                # changes every few steps); an emptied set ends the wait.
+                self._cond.wait_for(lambda: not self._ids, timeout=self.period_s)
                 ids = list(self._ids)
+            if not ids:
+                continue
             canceled = self._requested(ids)
             if not canceled:
                 continue
             with self._cond:
-                if self._batch != batch:  # finished meanwhile: nothing left to stop
+                canceled = [i for i in canceled if i in self._ids]  # still watched: not finished meanwhile
+                if not canceled:
                     continue
+                self._told.update(canceled)
                 self._ids = [i for i in self._ids if i not in canceled]
                 self.on_cancel(canceled)
 

@@ -56,6 +56,12 @@ class FleetMember:
             avg = seconds if old == 0 else 0.8 * old + 0.2 * seconds
             self.info = msgspec.structs.replace(self.info, avg_batch_seconds=round(avg, 4))
 
+    def set_load(self, running: int, free_slots: int, kv_tokens: int) -> None:
+        """The continuous engine's load, published with the next beat (no round trip here: it
+        changes at every decoding step)."""
+        with self._lock:
+            self.info = msgspec.structs.replace(self.info, running=running, free_slots=free_slots, kv_tokens=kv_tokens)
+
     def beat(self) -> None:
         now = time.time()
         with self._lock:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from typing import Any
 
 import torch
 from redis import Redis
@@ -16,9 +17,10 @@ from shared import keys, load_failures
 from shared.blobstore import create_blob_store
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
-from shared.queue.worker import MicroBatchWorker
+from shared.queue.worker import QueueWorker
 from shared.settings import Settings
 from workers import metrics
+from workers.continuous.serving import StepServer, continuous_worker
 from workers.demo_model import ensure_demo_model
 from workers.engine import Engine
 from workers.fleet_member import FleetMember
@@ -76,6 +78,8 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         device=str(device),
         device_name=device_name(device),
         capacity=settings.max_batch_size,
+        engine=settings.engine,
+        free_slots=settings.max_batch_size,
         state="loading",
         started_at=time.time(),
         heartbeat_at=time.time(),
@@ -110,19 +114,35 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     progress(f"{tag} Ready.")
     if loaded.card.demo:
         log.warning("serving the generated DEMO model: random weights, its output is meaningless")
-    runner = MicroBatchRunner(engine, ImageLoader(create_blob_store(settings), settings), worker_id)
-    worker = model_worker(
-        [queue_name],
-        connection=redis,
-        name=info.rq_name,
-        runner=runner,
-        max_batch_size=settings.max_batch_size,
-        batch_timeout_ms=settings.batch_timeout_ms,
-        default_result_ttl=settings.result_ttl_s,
-        worker_ttl=max(30, int(settings.worker_ttl_s * 3)),
-        job_monitoring_interval=max(5, int(settings.worker_heartbeat_s * 2)),
-        on_micro_batch=lambda _size, seconds: member.record_micro_batch(seconds),
-    )
+    images = ImageLoader(create_blob_store(settings), settings)
+    rq_options: dict[str, Any] = {
+        "name": info.rq_name,
+        "max_batch_size": settings.max_batch_size,
+        "batch_timeout_ms": settings.batch_timeout_ms,
+        "default_result_ttl": settings.result_ttl_s,
+        "worker_ttl": max(30, int(settings.worker_ttl_s * 3)),
+        "job_monitoring_interval": max(5, int(settings.worker_heartbeat_s * 2)),
+    }
+    worker: QueueWorker
+    if settings.engine == "continuous":
+        server = StepServer(
+            engine,
+            images,
+            redis,
+            worker_id,
+            on_load=lambda load: member.set_load(load.running, load.free_slots, load.kv_tokens),
+            on_row=member.record_micro_batch,
+        )
+        worker = continuous_worker([queue_name], connection=redis, server=server, **rq_options)
+    else:
+        runner = MicroBatchRunner(engine, images, worker_id)
+        worker = model_worker(
+            [queue_name],
+            connection=redis,
+            runner=runner,
+            on_micro_batch=lambda _size, seconds: member.record_micro_batch(seconds),
+            **rq_options,
+        )
     member.on_beat = worker.maintain_running_heartbeats
 
     # SIGUSR1 (Kubernetes' preStop): drain. The API stops routing here and the janitor moves the
@@ -137,12 +157,13 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     probes.set_state("ready")
     _clear_failure(redis, worker_id)
     log.info(
-        "worker %s ready on queue %s (%s, %s, attn=%s)",
+        "worker %s ready on queue %s (%s, %s, attn=%s, engine=%s)",
         worker_id,
         queue_name,
         info.device_name,
         loaded.card.dtype,
         loaded.attn,
+        settings.engine,
     )
     try:
         serve(worker, settings)
@@ -192,7 +213,7 @@ def publish_metrics(device: torch.device) -> bytes:
     return metrics.snapshot()
 
 
-def serve(worker: MicroBatchWorker, settings: Settings) -> None:
+def serve(worker: QueueWorker, settings: Settings) -> None:
     """rq's work loop, started again whenever it ends for any reason but a stop request
     (rq leaves its loop on Redis errors): the worker outlives a Redis outage."""
     while not worker.shutdown_requested:

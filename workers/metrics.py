@@ -31,6 +31,13 @@ IMAGE_CACHE = Gauge(
     "omega_worker_image_cache_lookups", "Decoded-image cache lookups since start", ["result"], registry=REGISTRY
 )
 
+# The continuous engine's load (ENGINE=continuous), as of its last decoding step.
+RUNNING_ROWS = Gauge("omega_worker_running_rows", "Rows in the running decode batch", registry=REGISTRY)
+FREE_SLOTS = Gauge("omega_worker_free_slots", "Rows the running batch can still admit", registry=REGISTRY)
+KV_TOKENS = Gauge(
+    "omega_worker_kv_tokens", "KV tokens the running rows may reach (bounded by MAX_BATCH_TOKENS)", registry=REGISTRY
+)
+
 
 def snapshot() -> bytes:
     return generate_latest(REGISTRY)

@@ -33,6 +33,11 @@ class WorkerReport(msgspec.Struct):
     waiting: int
     in_flight: int
     heartbeat_age_seconds: float
+    # The continuous engine's load as of the worker's last heartbeat (a static worker: 0, 0, 0).
+    engine: str = "static"
+    running: int = 0
+    free_slots: int = 0
+    kv_tokens: int = 0
 
 
 class HealthReport(msgspec.Struct):

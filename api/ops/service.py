@@ -42,6 +42,10 @@ def _worker_report(load: QueueLoad, now: float) -> WorkerReport:
         waiting=load.waiting,
         in_flight=load.in_flight,
         heartbeat_age_seconds=round(now - w.heartbeat_at, 3),
+        engine=w.engine,
+        running=w.running,
+        free_slots=w.free_slots,
+        kv_tokens=w.kv_tokens,
     )
 
 

@@ -76,45 +76,51 @@ def finish_batch(worker: SimpleWorker, done: Sequence[tuple[StartedJob, JobResul
     """End every job of a micro-batch in one pipeline: status, result on the job's results
     stream, finished or failed registry, execution cleanup, the worker's counters; plus our
     batch counters and cancel-request cleanup."""
-    ended = now()
     with worker.connection.pipeline() as pipe:
-        for started, outcome in done:
-            job, execution = started.job, started.execution
-            started_at = job.started_at or ended
-            if isinstance(outcome, JobResult):
-                result_ttl = job.get_result_ttl(worker.default_result_ttl)
-                _mark_ended(pipe, job, RqStatus.FINISHED, ended)
-                Result.create(
-                    job,
-                    Result.Type.SUCCESSFUL,
-                    result_ttl,
-                    return_value=encode(outcome),
-                    worker_name=worker.name,
-                    pipeline=pipe,
-                    execution_id=execution.id,
-                    execution_started_at=execution.created_at,
-                    execution_ended_at=ended,
-                )
-                if result_ttl != 0:
-                    job.finished_job_registry.add(job, result_ttl, pipe)
-                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-                worker.increment_successful_job_count(pipeline=pipe)
-            else:
-                _mark_ended(pipe, job, RqStatus.FAILED, ended)
-                job._handle_failure(
-                    encode_error(outcome),
-                    pipeline=pipe,
-                    worker_name=worker.name,
-                    execution_id=execution.id,
-                    execution_started_at=execution.created_at,
-                    execution_ended_at=ended,
-                )
-                worker.increment_failed_job_count(pipeline=pipe)
-            worker.increment_total_working_time(ended - started_at, pipe)
-            worker.cleanup_execution(job, pipeline=pipe, execution=execution)
-            pipe.zrem(keys.CANCEL_REQUESTS, job.id)
-            _count_in_batch(pipe, job, outcome)
+        finish_commands(pipe, worker, done)
         pipe.execute()
+
+
+def finish_commands(pipe: Any, worker: SimpleWorker, done: Sequence[tuple[StartedJob, JobResult | JobError]]) -> None:
+    """`finish_batch`'s writes, queued on `pipe` (the continuous worker sends them with a step's
+    starts in one round trip)."""
+    ended = now()
+    for started, outcome in done:
+        job, execution = started.job, started.execution
+        started_at = job.started_at or ended
+        if isinstance(outcome, JobResult):
+            result_ttl = job.get_result_ttl(worker.default_result_ttl)
+            _mark_ended(pipe, job, RqStatus.FINISHED, ended)
+            Result.create(
+                job,
+                Result.Type.SUCCESSFUL,
+                result_ttl,
+                return_value=encode(outcome),
+                worker_name=worker.name,
+                pipeline=pipe,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=ended,
+            )
+            if result_ttl != 0:
+                job.finished_job_registry.add(job, result_ttl, pipe)
+            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            worker.increment_successful_job_count(pipeline=pipe)
+        else:
+            _mark_ended(pipe, job, RqStatus.FAILED, ended)
+            job._handle_failure(
+                encode_error(outcome),
+                pipeline=pipe,
+                worker_name=worker.name,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=ended,
+            )
+            worker.increment_failed_job_count(pipeline=pipe)
+        worker.increment_total_working_time(ended - started_at, pipe)
+        worker.cleanup_execution(job, pipeline=pipe, execution=execution)
+        pipe.zrem(keys.CANCEL_REQUESTS, job.id)
+        _count_in_batch(pipe, job, outcome)
 
 
 def finalize_unrun(redis: SyncRedis, job_id: str, error: JobError, default_ttl_s: int) -> None:

@@ -82,23 +82,16 @@ def retried(job: Job) -> bool:
     return bool(job.meta.get(jobs.ATTEMPTS, 0))
 
 
-class MicroBatchWorker(SimpleWorker):
-    """SimpleWorker whose unit of work is a micro-batch of jobs from its one queue."""
+class QueueWorker(SimpleWorker):
+    """SimpleWorker on one queue, in-process, with rq's per-job bookkeeping done in pipelines;
+    subclasses decide what a unit of work is (a micro-batch, or continuous decoding steps)."""
 
     # Reconnect quickly after a Redis outage instead of rq's default 60 s ceiling.
     max_connection_wait_time = 2.0
 
-    def __init__(
-        self,
-        *args: Any,
-        handler: MicroBatchHandler,
-        max_batch_size: int,
-        batch_timeout_ms: float,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, max_batch_size: int, batch_timeout_ms: float, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", MsgpackSerializer)
         super().__init__(*args, **kwargs)
-        self.handler = handler
         self.max_batch_size = max_batch_size
         self.batch_timeout_s = batch_timeout_ms / 1000.0
         self.running: list[StartedJob] = []
@@ -138,30 +131,6 @@ class MicroBatchWorker(SimpleWorker):
                 self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
         return [job for job in fetched if job is not None]
 
-    def _collect(self, first: Job, queue: Queue) -> tuple[list[Job], dict[str, StartedJob], bool]:
-        """The micro-batch: `first`, what is already waiting, and what arrives within
-        BATCH_TIMEOUT_MS. Returns the jobs, those already started (`first`: its start rides
-        along with the pull of the waiting jobs, one round trip for both), and whether the pull
-        came back full."""
-        wanted = self.max_batch_size - 1
-        with self.connection.pipeline() as pipe:
-            started = self._start_commands([first], queue, pipe)
-            for _ in range(wanted):
-                pipe.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
-            replies = pipe.execute()
-        waiting = self._fetch_pulled(queue, replies[len(replies) - wanted :] if wanted else [])
-        full = wanted > 0 and len(waiting) == wanted
-        collected = [first, *waiting]
-        deadline = time.monotonic() + self.batch_timeout_s
-        # Take what is already waiting at once; wait for more only within the window.
-        while len(collected) < self.max_batch_size and not self._stop_requested:
-            left = deadline - time.monotonic()
-            job = self._pull_one(queue, left) if left > 0.001 else None
-            if job is None:
-                break
-            collected.append(job)
-        return collected, {item.id: item for item in started}, full
-
     # --- starting: rq's per-job steps, for the whole micro-batch in one round trip -----------
     def _start_commands(self, batch: list[Job], queue: Queue, pipe: Any) -> list[StartedJob]:
         """rq's prepare_execution + prepare_job_execution, queued on `pipe`: execution records,
@@ -200,38 +169,6 @@ class MicroBatchWorker(SimpleWorker):
                 self.maintain_heartbeats(item.job, item.execution)
             except Exception:  # a heartbeat must never kill the worker
                 log.debug("heartbeat for job %s failed", item.id, exc_info=True)
-
-    # --- rq's unit of work -----------------------------------------------------------------
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        # Busy from here: a SIGTERM now means "finish this micro-batch", not "stop at once".
-        self.set_state(WorkerStatus.BUSY)
-        collected, started, full = ([job], {}, False) if retried(job) else self._collect(job, queue)
-        # A job that was running when a worker died runs alone: if it is what killed the
-        # worker, it must not take a new set of batch-mates down with it.
-        normal = [j for j in collected if not retried(j)]
-        groups = ([normal] if normal else []) + [[j] for j in collected if retried(j)]
-        try:
-            for group in groups:
-                self._run_group(group, queue, started, full)
-        finally:
-            self.set_state(WorkerStatus.IDLE)
-
-    def _run_group(self, group: list[Job], queue: Queue, already: dict[str, StartedJob], full: bool) -> None:
-        started = self._start_all(group, queue, already)
-        with self._running_lock:  # until recorded: heartbeats cover them
-            self.running = started
-        try:
-            batch = MicroBatch(started, full, lambda: self.peek_waiting(queue))
-            try:
-                outcomes = self.handler.run(batch)
-            except Exception as exc:  # the handler isolates failures; this is a last line of defence
-                outcomes = [self.handler.failed(exc, item.id) for item in started]
-            done = list(zip(started, outcomes, strict=True))
-            written = self._patiently(lambda: finish_batch(self, done), ", ".join(item.id for item in started))
-            self.handler.recorded(outcomes, written)
-        finally:
-            with self._running_lock:
-                self.running = []
 
     def peek_waiting(self, queue: Queue) -> list[bytes]:
         """Payloads of the next MAX_BATCH_SIZE jobs waiting on the queue, without taking them."""
@@ -296,3 +233,67 @@ class MicroBatchWorker(SimpleWorker):
     def restart_record(self) -> None:
         """Delete this worker's rq record: a crashed predecessor's record blocks rq's start."""
         self.connection.delete(self.key)
+
+
+class MicroBatchWorker(QueueWorker):
+    """A QueueWorker whose unit of work is a micro-batch of jobs, run by a `MicroBatchHandler`."""
+
+    def __init__(self, *args: Any, handler: MicroBatchHandler, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handler = handler
+
+    def _collect(self, first: Job, queue: Queue) -> tuple[list[Job], dict[str, StartedJob], bool]:
+        """The micro-batch: `first`, what is already waiting, and what arrives within
+        BATCH_TIMEOUT_MS. Returns the jobs, those already started (`first`: its start rides
+        along with the pull of the waiting jobs, one round trip for both), and whether the pull
+        came back full."""
+        wanted = self.max_batch_size - 1
+        with self.connection.pipeline() as pipe:
+            started = self._start_commands([first], queue, pipe)
+            for _ in range(wanted):
+                pipe.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
+            replies = pipe.execute()
+        waiting = self._fetch_pulled(queue, replies[len(replies) - wanted :] if wanted else [])
+        full = wanted > 0 and len(waiting) == wanted
+        collected = [first, *waiting]
+        deadline = time.monotonic() + self.batch_timeout_s
+        # Take what is already waiting at once; wait for more only within the window.
+        while len(collected) < self.max_batch_size and not self._stop_requested:
+            left = deadline - time.monotonic()
+            job = self._pull_one(queue, left) if left > 0.001 else None
+            if job is None:
+                break
+            collected.append(job)
+        return collected, {item.id: item for item in started}, full
+
+    # --- rq's unit of work -----------------------------------------------------------------
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Busy from here: a SIGTERM now means "finish this micro-batch", not "stop at once".
+        self.set_state(WorkerStatus.BUSY)
+        collected, started, full = ([job], {}, False) if retried(job) else self._collect(job, queue)
+        # A job that was running when a worker died runs alone: if it is what killed the
+        # worker, it must not take a new set of batch-mates down with it.
+        normal = [j for j in collected if not retried(j)]
+        groups = ([normal] if normal else []) + [[j] for j in collected if retried(j)]
+        try:
+            for group in groups:
+                self._run_group(group, queue, started, full)
+        finally:
+            self.set_state(WorkerStatus.IDLE)
+
+    def _run_group(self, group: list[Job], queue: Queue, already: dict[str, StartedJob], full: bool) -> None:
+        started = self._start_all(group, queue, already)
+        with self._running_lock:  # until recorded: heartbeats cover them
+            self.running = started
+        try:
+            batch = MicroBatch(started, full, lambda: self.peek_waiting(queue))
+            try:
+                outcomes = self.handler.run(batch)
+            except Exception as exc:  # the handler isolates failures; this is a last line of defence
+                outcomes = [self.handler.failed(exc, item.id) for item in started]
+            done = list(zip(started, outcomes, strict=True))
+            written = self._patiently(lambda: finish_batch(self, done), ", ".join(item.id for item in started))
+            self.handler.recorded(outcomes, written)
+        finally:
+            with self._running_lock:
+                self.running = []

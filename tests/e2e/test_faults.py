@@ -299,3 +299,7 @@ def test_metrics_show_the_fleet_and_move_under_load(fleet: Fleet) -> None:
     assert 'worker="' in after and "omega_worker_time_to_first_token_seconds_bucket" in after
     assert metric(after, "omega_workers", state="ready") == 2
     assert "# TYPE omega_worker_batch_size histogram" in after and after.count("# TYPE omega_worker_batch_size ") == 1
+    # The continuous engine's load, per worker, in /health and the metrics (idle again: all slots free).
+    workers = httpx.get(f"{fleet.url}/health").json()["workers"]
+    assert {(w["engine"], w["running"], w["free_slots"], w["kv_tokens"]) for w in workers} == {("continuous", 0, 8, 0)}
+    assert "omega_worker_running_rows" in after and "omega_worker_kv_tokens" in after

@@ -37,3 +37,33 @@ def test_each_outcome_has_one_status_and_one_batch_counter() -> None:
     ]
     for outcome, status, counter in cases:
         assert (outcome_status(outcome), batch_counter(outcome)) == (status, counter)
+
+
+def test_worker_records_of_old_and_new_workers_read_each_other() -> None:
+    import msgspec
+
+    from shared.fleet import WorkerInfo, decode_info, encode_info
+
+    common = {
+        "id": "w",
+        "queue": "q",
+        "host": "h",
+        "pid": 1,
+        "device": "cpu",
+        "device_name": "cpu",
+        "capacity": 8,
+        "state": "ready",
+        "started_at": 1.0,
+        "heartbeat_at": 2.0,
+    }
+    old = msgspec.msgpack.encode(common)  # a worker from before the continuous engine's fields
+    info = decode_info(old)
+    assert info is not None and (info.engine, info.running, info.free_slots, info.kv_tokens) == ("static", 0, 0, 0)
+    new = encode_info(WorkerInfo(**common, engine="continuous", running=3, free_slots=5, kv_tokens=900))  # type: ignore[arg-type]
+
+    class OldInfo(msgspec.Struct, kw_only=True):
+        id: str
+        capacity: int
+
+    assert msgspec.msgpack.decode(new, type=OldInfo).capacity == 8  # an older reader skips the new fields
+    assert decode_info(new) == WorkerInfo(**common, engine="continuous", running=3, free_slots=5, kv_tokens=900)  # type: ignore[arg-type]

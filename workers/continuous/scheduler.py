@@ -67,8 +67,10 @@ class ContinuousEngine:
         on_done: Callable[[PreparedRow, RowOutput], None],
         on_failed: Callable[[PreparedRow, Exception], None],
         limits: Limits | None = None,
+        on_admitted: Callable[[list[PreparedRow]], None] | None = None,
     ) -> None:
         s = engine.settings
+        self.on_admitted = on_admitted  # before a group's prefill: the worker starts their jobs
         self.engine = engine
         self.on_done = on_done
         self.on_failed = on_failed
@@ -117,6 +119,13 @@ class ContinuousEngine:
             self._retire()
         if self.idle:
             progress.rest()  # idle is alive, however long it lasts
+
+    def fail_running(self, exc: Exception) -> None:
+        """A decoding step raised: it ran every row at once, so no row can be told apart; each
+        running row fails (waiting rows stay waiting) and the batch is dropped."""
+        rows, self.batch = (self.batch.rows if self.batch else []), None
+        for live in rows:
+            self.on_failed(live.row, exc)
 
     def run_until_idle(self) -> None:
         while not self.idle:
@@ -175,6 +184,8 @@ class ContinuousEngine:
             return
         for _ in group:
             self.waiting.popleft()
+        if self.on_admitted is not None:
+            self.on_admitted(group)
         for admitted in self._prefill(group):
             self.batch = admitted if self.batch is None else RunningBatch.concatenate(self.batch, admitted)
         self._check_budget()
