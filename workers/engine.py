@@ -199,7 +199,7 @@ class Engine:
         s = self.settings
         progress.beat()  # the loop has work from here (each step beats: RowStopper) until it rests
         try:
-            self._stall_if_asked(rows)
+            self.stall_if_asked(rows)
             for group in plan_groups(rows, s.max_batch_tokens, s.max_batch_pixels, self.min_fill):
                 for row, output in zip(group, self._generate_group(group), strict=True):
                     results[id(row)] = output
@@ -207,7 +207,7 @@ class Engine:
             progress.rest()
         return [results[id(r)] for r in rows]
 
-    def _stall_if_asked(self, rows: Sequence[PreparedRow]) -> None:
+    def stall_if_asked(self, rows: Sequence[PreparedRow]) -> None:
         """Testing only (FAULT_STALL_MARKER): a decoding loop that stops advancing, for a while."""
         marker = self.settings.fault_stall_marker
         texts = (p.text for r in rows for m in r.job.messages for p in m.content if isinstance(p, TextPart))

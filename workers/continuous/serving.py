@@ -236,6 +236,7 @@ class StepServer:
             self._start.append(entry)
         metrics.BATCH_SIZE.observe(len(rows))
         metrics.IMAGES.inc(sum(len(row.job.image_blobs) for row in rows))
+        self.engine.stall_if_asked(rows)  # testing only (FAULT_STALL_MARKER): the /livez probe's check
 
     def _done(self, row: PreparedRow, output: RowOutput) -> None:
         entry = self._entries[row.job.id]
