@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from rq.job import Job
 from rq.queue import Queue
+from rq.suspension import is_suspended
 from rq.worker import WorkerStatus
 
 from shared.contract import JobError, JobResult
@@ -29,6 +30,7 @@ from shared.queue.finish import StartedJob, finish_commands
 from shared.queue.worker import QueueWorker, retried
 
 Outcome = JobResult | JobError
+SUSPEND_CHECK_S = 0.2
 
 
 @dataclass(eq=False)
@@ -66,6 +68,16 @@ class JobFeed:
         self.queue = queue
         self.first = first
         self.batch_timeout_s = worker.batch_timeout_s
+        self._suspended_at = 0.0
+        self._suspended = False
+
+    def suspended(self) -> bool:
+        """`rq suspend` holds pulls, as rq's own loop does between jobs; asked at most every
+        SUSPEND_CHECK_S, not on every decoding step (each ask is a round trip)."""
+        now = time.monotonic()
+        if now - self._suspended_at >= SUSPEND_CHECK_S:
+            self._suspended_at, self._suspended = now, bool(is_suspended(self.worker.connection))
+        return self._suspended
 
     def stopping(self) -> bool:
         """SIGTERM/SIGINT arrived: admit nothing more, finish the running rows."""
@@ -74,7 +86,7 @@ class JobFeed:
     def pull(self, count: int, window_s: float = 0.0) -> list[QueuedJob]:
         """Up to `count` waiting jobs: what is queued now (one round trip), then, within
         `window_s`, what arrives."""
-        if count <= 0:
+        if count <= 0 or self.suspended():
             return []
         queue = self.queue
         with self.worker.connection.pipeline(transaction=False) as pipe:
