@@ -17,6 +17,7 @@ from shared.blobstore import create_blob_store
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
 from shared.queue.worker import MicroBatchWorker
+from shared.redis_connect import RedisTarget, sync_client
 from shared.settings import Settings
 from workers import metrics
 from workers.demo_model import ensure_demo_model
@@ -45,8 +46,10 @@ def device_name(device: torch.device) -> str:
 
 def redis_client(settings: Settings) -> Redis:
     # Short timeouts: a dead Redis must surface as an error quickly, never as a hang.
-    return Redis.from_url(
-        settings.redis_url,
+    # With Sentinel, a connection error makes the next command ask for the primary again: the
+    # worker loop (`serve`) restarts on the new primary after a failover.
+    return sync_client(
+        RedisTarget.from_settings(settings),
         socket_connect_timeout=3,
         socket_timeout=None,
         health_check_interval=15,

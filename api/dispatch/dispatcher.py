@@ -16,8 +16,9 @@ from shared.contract import JobError, JobMeta, JobPayload, JobResult
 from shared.errors import GatewayTimeout, ServiceError, error_from_fields
 from shared.queue import jobs
 from shared.queue.admission import Admitter
+from shared.queue.durability import Durability
 from shared.queue.fleet import QueueLoad
-from shared.queue.jobs import Job
+from shared.queue.jobs import Job, LanePusher
 from shared.queue.outcomes import NO_ENTRY, Outcome, wait_outcome
 from shared.settings import Settings
 
@@ -37,7 +38,10 @@ class Dispatcher:
         self.fleet = fleet
         # Choosing a queue and enqueueing are one Lua script: MAX_QUEUE_SIZE holds exactly
         # across API replicas, in one round trip.
-        self.admitter = Admitter(redis, settings.max_queue_size)
+        # With Redis replicas, a job is acknowledged only once they hold it (Redis WAIT).
+        durability = Durability(settings.wait_replicas, settings.redis_wait_timeout_ms)
+        self.admitter = Admitter(redis, settings.max_queue_size, durability)
+        self.lane = LanePusher(redis, durability)
 
     def new_job(self, payload: JobPayload, meta: JobMeta, ttl_s: int) -> Job:
         return jobs.create(self.sync_redis, payload, meta, ttl_s, timeout_s=int(self.settings.request_timeout_s) + 60)
@@ -47,7 +51,7 @@ class Dispatcher:
         Batch work: the lane, which the feeder drains into queues as they have room."""
         job = self.new_job(payload, meta, ttl_s)
         if meta.priority == "batch":
-            await jobs.add_to_lane(self.redis, job)
+            await self.lane.push(job)
             return
         workers = await self.fleet.candidates()
         admitted = await self.admitter.admit(job, workers)

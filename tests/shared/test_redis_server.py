@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from omega_vlm import redis_server
+from shared.redis_connect import RedisTarget
 from tests.support.procs import RedisServer
 
 
@@ -16,7 +17,7 @@ def test_reachable(redis_server: RedisServer) -> None:
 
 
 def redis_server_reachable(url: str) -> bool:
-    return redis_server.reachable(url, timeout_s=0.5)
+    return redis_server.reachable(RedisTarget(url), timeout_s=0.5)
 
 
 def test_private_plan_uses_append_only_persistence(tmp_path: Path) -> None:
