@@ -184,7 +184,8 @@ def measure(quick: bool, fsync: str = "always") -> list[str]:
         finally:
             server.stop()
     return [
-        f"One redis-server (`appendonly yes`, `appendfsync {fsync}`, as shipped), {per_run} jobs per row, "
+        f"One redis-server (`appendonly yes`, `appendfsync {fsync}`"
+        f"{', as shipped' if fsync == 'always' else ''}), {per_run} jobs per row, "
         f"{PRODUCERS} concurrent admissions from one asyncio process; the synthetic workers run the real "
         "MicroBatchWorker (pull, start and finish pipelines, a result on each job's stream) with a "
         "handler that answers at once. Clients, workers and Redis share this machine's cores.",
