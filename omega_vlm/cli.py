@@ -139,11 +139,9 @@ def _up_listening(settings: Settings, listener: socket.socket) -> int:
     settings = _apply_transformers_override(settings)
     children: list[Child] = []
     target = RedisTarget.from_settings(settings)
-    if target.uses_sentinel:
-        # Never a private Redis beside a Sentinel deployment; the processes wait out an outage.
-        if not redis_server.reachable(target):
-            log.warning("no Redis primary answers through REDIS_SENTINELS yet; starting anyway")
-    elif not redis_server.reachable(target):
+    if target.uses_sentinel and not redis_server.reachable(target):
+        log.warning("no Redis primary answers through REDIS_SENTINELS yet; starting anyway")
+    if redis_server.needs_private_redis(target):
         argv, url = redis_server.private_redis_plan(settings.redis_url, settings.data_path)
         if settings.log_format == "json":  # redis-server has one log format of its own: keep it apart
             argv += ["--logfile", str((settings.data_path / "redis" / "redis-server.log").resolve())]

@@ -32,6 +32,12 @@ def reachable(target: RedisTarget, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def needs_private_redis(target: RedisTarget) -> bool:
+    """Whether `up` starts its own redis-server: only for a plain REDIS_URL that does not answer.
+    With sentinels never (the processes wait for a primary instead)."""
+    return not target.uses_sentinel and not reachable(target)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
