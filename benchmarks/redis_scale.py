@@ -160,7 +160,9 @@ def measure(quick: bool, fsync: str = "always") -> list[str]:
         server = PrivateRedis.start(Path(tmp), fsync)
         try:
             sync = SyncRedis.from_url(server.url)
-            rows = ["| worker queues | admission jobs/s | worker bookkeeping jobs/s (a worker per queue, micro-batch 8) |"]
+            rows = [
+                "| worker queues | admission jobs/s | worker bookkeeping jobs/s (a worker per queue, micro-batch 8) |"
+            ]
             rows.append("|---|---|---|")
             memory: list[float] = []
             keys_per_job: list[float] = []
