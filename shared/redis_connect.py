@@ -16,7 +16,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.connection import parse_url
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 DEFAULT_SENTINEL_PORT = 26379
 
@@ -81,12 +81,24 @@ class RedisTarget:
         return chosen
 
 
+class _DisconnectingSentinelConnection(SentinelManagedConnection):
+    """redis-py's sync Sentinel connection, unlike a plain one, stays connected when a read is
+    interrupted (an exception raised by a signal handler, such as rq's stop request, mid-reply),
+    so the next command on it would read the stale reply ("Wrong number of response items").
+    Disconnect instead, as a plain connection does."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("disconnect_on_error", True)
+        return super().read_response(*args, **kwargs)
+
+
 def sync_client(target: RedisTarget, **options: Any) -> Redis:
     """A client for the primary; `options` are redis-py's (timeouts, retry, ...)."""
     if not target.sentinels:
         return Redis.from_url(target.url, **{**options, **target._password()})
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=target._sentinel_options(options))  # type: ignore[no-untyped-call]
-    client: Redis = sentinel.master_for(target.master, **{**target._node_options(), **options})  # type: ignore[no-untyped-call]
+    node = {**target._node_options(), "connection_class": _DisconnectingSentinelConnection, **options}
+    client: Redis = sentinel.master_for(target.master, **node)  # type: ignore[no-untyped-call]
     return client
 
 

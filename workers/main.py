@@ -16,6 +16,7 @@ from shared import keys, load_failures
 from shared.blobstore import create_blob_store
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
+from shared.queue.resume import requeue_own_started
 from shared.queue.worker import MicroBatchWorker
 from shared.redis_connect import RedisTarget, sync_client
 from shared.settings import Settings
@@ -188,6 +189,7 @@ def serve(worker: MicroBatchWorker, settings: Settings) -> None:
         try:
             worker.restart_record()
             worker.recover_intermediate()
+            requeue_own_started(worker)  # started before an interruption, never run
             worker.work(logging_level="DEBUG" if settings.debug else "WARNING")
         except (RedisError, OSError, ValueError) as exc:
             log.warning("worker loop interrupted (%s); reconnecting", exc)
