@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from redis import Redis as SyncRedis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,6 +36,7 @@ from api.jobs.submit_poll import SubmitPollService
 from api.ops.service import OpsService
 from shared.blob_retention import BlobRetention
 from shared.blobstore import create_blob_store
+from shared.redis_connect import RedisTarget, async_client, sync_client
 from shared.settings import Settings
 
 
@@ -56,15 +56,16 @@ def _redis(settings: Settings, *, blocking: bool) -> Redis:
     # reads (XREAD BLOCK) get their own pool and rely on asyncio.wait_for for their deadline.
     # After a Redis restart every pooled connection is stale: one immediate retry on a fresh
     # connection hides that from clients, while a Redis that is still down fails the retry fast.
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
+    # With Sentinel, the same retry lands on the new primary after a failover.
+    return async_client(
+        RedisTarget.from_settings(settings),
+        blocking_pool=True,
         max_connections=4096 if blocking else 256,
         timeout=5,
         socket_connect_timeout=2,
         socket_timeout=None if blocking else 5,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    return Redis(connection_pool=pool)
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
@@ -84,8 +85,8 @@ async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     redis = _redis(settings, blocking=False)
     blocking = _redis(settings, blocking=True)
-    sync_redis = SyncRedis.from_url(
-        settings.redis_url,
+    sync_redis = sync_client(
+        RedisTarget.from_settings(settings),
         socket_connect_timeout=2,
         socket_timeout=5,
         # redis-py's default (ten retries with backoff) would hold a request for seconds while

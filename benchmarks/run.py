@@ -33,7 +33,7 @@ from PIL import Image
 from redis import Redis
 from rq.suspension import resume, suspend
 
-from benchmarks import load, mixed
+from benchmarks import load, mixed, redis_scale
 from benchmarks.service import COMPUTE_THREADS, BenchService
 from shared.contract import JobPayload, Message, SamplingParams, TextPart
 from shared.images import decode_image
@@ -338,6 +338,13 @@ def run(quick: bool) -> str:
             "",
             *table[2:],
         ],
+    )
+    # 7. one Redis: admission and the workers' bookkeeping without a model (benchmarks/redis_scale.py).
+    scale_args = ["--quick"] if quick else []
+    report.add(
+        "One Redis: admission and worker bookkeeping without a model",
+        " ".join(["python -m benchmarks.redis_scale", *scale_args]),
+        redis_scale.measure(quick),
     )
     return "\n".join(report.sections)
 

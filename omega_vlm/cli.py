@@ -134,10 +134,14 @@ def _up(settings: Settings) -> int:
 
 def _up_listening(settings: Settings, listener: socket.socket) -> int:
     from omega_vlm import redis_server
+    from shared.redis_connect import RedisTarget
 
     settings = _apply_transformers_override(settings)
     children: list[Child] = []
-    if not redis_server.reachable(settings.redis_url):
+    target = RedisTarget.from_settings(settings)
+    if target.uses_sentinel and not redis_server.reachable(target):
+        log.warning("no Redis primary answers through REDIS_SENTINELS yet; starting anyway")
+    if redis_server.needs_private_redis(target):
         argv, url = redis_server.private_redis_plan(settings.redis_url, settings.data_path, settings.redis_maxmemory)
         if settings.log_format == "json":  # redis-server has one log format of its own: keep it apart
             argv += ["--logfile", str((settings.data_path / "redis" / "redis-server.log").resolve())]

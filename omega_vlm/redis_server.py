@@ -1,4 +1,5 @@
-"""`omega-vlm up` uses REDIS_URL when it answers, else starts a private redis-server."""
+"""`omega-vlm up` uses the configured Redis when it answers, else starts a private redis-server
+(never with Sentinel: a Sentinel deployment is the operator's, and a private primary would split it)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from redis import Redis
 from redis.exceptions import RedisError
+
+from shared.redis_connect import RedisTarget, sync_client
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
@@ -18,15 +20,22 @@ class RedisUnavailable(RuntimeError):
     pass
 
 
-def reachable(url: str, timeout_s: float = 1.0) -> bool:
+def reachable(target: RedisTarget, timeout_s: float = 1.0) -> bool:
+    """Whether Redis (with Sentinel: the current primary) answers a PING."""
     try:
-        client = Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        client = sync_client(target, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
         try:
             return bool(client.ping())
         finally:
             client.close()
     except (RedisError, OSError, ValueError):
         return False
+
+
+def needs_private_redis(target: RedisTarget) -> bool:
+    """Whether `up` starts its own redis-server: only for a plain REDIS_URL that does not answer.
+    With sentinels never (the processes wait for a primary instead)."""
+    return not target.uses_sentinel and not reachable(target)
 
 
 def free_port() -> int:
@@ -98,7 +107,7 @@ def private_redis_plan(url: str, data_dir: Path, maxmemory: str = "2gb") -> tupl
 def wait_until_reachable(url: str, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if reachable(url, 0.5):
+        if reachable(RedisTarget(url), 0.5):
             return
         time.sleep(0.1)
     raise RedisUnavailable(f"the private redis-server did not start within {timeout_s:g} s")

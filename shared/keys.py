@@ -90,5 +90,11 @@ def batch_custom_ids(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:custom-ids"
 
 
+def batch_counted(batch_id: str) -> str:
+    """Set of the job ids a batch's counters already hold: a job run twice (at least once, e.g.
+    after a Redis failover) is counted once."""
+    return f"{PREFIX}:batch:{batch_id}:counted"
+
+
 def batch_lock(batch_id: str) -> str:
     return f"{PREFIX}:lock:batch:{batch_id}"

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.connection import parse_url
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 DEFAULT_SENTINEL_PORT = 26379
 
@@ -44,6 +46,11 @@ class RedisTarget:
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = "mymaster"
     sentinel_password: str | None = None
+    password: str | None = None  # the data nodes' password, when not in the URL
+
+    @property
+    def uses_sentinel(self) -> bool:
+        return bool(self.sentinels)
 
     @classmethod
     def from_settings(cls, settings: Any) -> RedisTarget:
@@ -52,12 +59,17 @@ class RedisTarget:
             sentinels=parse_sentinels(getattr(settings, "redis_sentinels", "") or ""),
             master=getattr(settings, "redis_sentinel_master", "") or "mymaster",
             sentinel_password=getattr(settings, "redis_sentinel_password", "") or None,
+            password=getattr(settings, "redis_password", "") or None,
         )
 
     def _node_options(self) -> dict[str, Any]:
         """Database and credentials from the URL, for connections to whichever node is primary."""
         parsed = parse_url(self.url)  # type: ignore[no-untyped-call]
-        return {k: parsed[k] for k in ("db", "username", "password") if parsed.get(k) is not None}
+        chosen = {k: parsed[k] for k in ("db", "username", "password") if parsed.get(k) is not None}
+        return {**chosen, **self._password()}
+
+    def _password(self) -> dict[str, Any]:
+        return {"password": self.password} if self.password else {}
 
     def _sentinel_options(self, options: dict[str, Any]) -> dict[str, Any]:
         # Sentinels are asked with the same deadlines as the data nodes, so a dead sentinel is
@@ -69,19 +81,43 @@ class RedisTarget:
         return chosen
 
 
+class _DisconnectingSentinelConnection(SentinelManagedConnection):
+    """redis-py's sync Sentinel connection, unlike a plain one, stays connected when a read is
+    interrupted (an exception raised by a signal handler, such as rq's stop request, mid-reply),
+    so the next command on it would read the stale reply ("Wrong number of response items").
+    Disconnect instead, as a plain connection does."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("disconnect_on_error", True)
+        return super().read_response(*args, **kwargs)
+
+
 def sync_client(target: RedisTarget, **options: Any) -> Redis:
     """A client for the primary; `options` are redis-py's (timeouts, retry, ...)."""
     if not target.sentinels:
-        return Redis.from_url(target.url, **options)
+        return Redis.from_url(target.url, **{**options, **target._password()})
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=target._sentinel_options(options))  # type: ignore[no-untyped-call]
-    client: Redis = sentinel.master_for(target.master, **{**target._node_options(), **options})  # type: ignore[no-untyped-call]
+    node = {**target._node_options(), "connection_class": _DisconnectingSentinelConnection, **options}
+    client: Redis = sentinel.master_for(target.master, **node)  # type: ignore[no-untyped-call]
     return client
 
 
-def async_client(target: RedisTarget, **options: Any) -> AsyncRedis:
-    """The asyncio twin of `sync_client`."""
+class _BlockingSentinelPool(AsyncSentinelPool, BlockingConnectionPool):
+    """Sentinel's pool (asks for the primary, drops connections to an old one) that waits for a
+    free connection like BlockingConnectionPool instead of failing when all are in use."""
+
+
+def async_client(target: RedisTarget, *, blocking_pool: bool = False, **options: Any) -> AsyncRedis:
+    """The asyncio twin of `sync_client`. `blocking_pool`: a full pool (`max_connections`) makes
+    a caller wait up to `timeout` seconds for a connection instead of failing at once."""
     if not target.sentinels:
+        options = {**options, **target._password()}
+        if blocking_pool:
+            return AsyncRedis(connection_pool=BlockingConnectionPool.from_url(target.url, **options))
         return AsyncRedis.from_url(target.url, **options)
     sentinel = AsyncSentinel(list(target.sentinels), sentinel_kwargs=target._sentinel_options(options))  # type: ignore[no-untyped-call]
-    client: AsyncRedis = sentinel.master_for(target.master, **{**target._node_options(), **options})
+    pool_class = _BlockingSentinelPool if blocking_pool else AsyncSentinelPool
+    client: AsyncRedis = sentinel.master_for(
+        target.master, connection_pool_class=pool_class, **{**target._node_options(), **options}
+    )
     return client

@@ -47,7 +47,9 @@ class Opt:
         return (self.flags,) if isinstance(self.flags, str) else self.flags or ("--" + field.replace("_", "-"),)
 
 
-_SECRET_FIELDS = frozenset({"api_key", "hf_token", "s3_secret_access_key"})
+_SECRET_FIELDS = frozenset(
+    {"api_key", "hf_token", "s3_secret_access_key", "redis_password", "redis_sentinel_password"}
+)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,6 +192,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # --- storage and queues ------------------------------------------------------------------
     redis_url: Annotated[str, Opt("Redis for queues and results")] = "redis://127.0.0.1:6379/0"
+    # Redis high availability (issue 13): with REDIS_SENTINELS set, every process asks the
+    # sentinels for the current primary of REDIS_SENTINEL_MASTER and follows a failover; REDIS_URL
+    # then names only the database (and, if REDIS_PASSWORD is unset, the data nodes' password).
+    redis_sentinels: Annotated[
+        str, Opt("Comma-separated Sentinel host:port list (unset: REDIS_URL's host is the Redis)")
+    ] = ""
+    redis_sentinel_master: Annotated[str, Opt("Sentinel's name of the Redis primary")] = "mymaster"
+    redis_sentinel_password: Annotated[str | None, Opt("Password of the sentinels", flags=None)] = None
+    redis_password: Annotated[
+        str | None, Opt("Password of the Redis data nodes (overrides REDIS_URL's)", flags=None)
+    ] = None
+    # A job is acknowledged only once this many replicas hold it (Redis WAIT); auto: 1 with
+    # sentinels, else 0. Fewer within the timeout: 503 + Retry-After.
+    redis_wait_replicas: Annotated[
+        Literal["auto"] | NonNegInt,
+        Opt("Replicas that must hold a job before it is acknowledged (auto: 1 with sentinels)"),
+    ] = "auto"
+    redis_wait_timeout_ms: Annotated[PositiveInt, Opt("How long a submission waits for its replicas")] = 1000
     data_dir: Annotated[str, Opt("Demo model, local blobs and private Redis data")] = ".omega"
     blob_store: Annotated[BlobStoreKind, Opt("auto | local | s3 (auto: s3 when S3_BUCKET is set)")] = "auto"
     blob_dir: Annotated[str | None, Opt("Local blob folder (default DATA_DIR/blobs)")] = None
@@ -323,6 +343,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         65,536 (tokenizers average a few characters per token on real text, so a longer prompt
         would be mostly cut anyway; the floor keeps truncation useful under small token limits)."""
         return self.max_input_chars or max(16 * self.input_token_limit, 65_536)
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas a submission waits for: REDIS_WAIT_REPLICAS, auto = 1 with sentinels."""
+        if self.redis_wait_replicas == "auto":
+            return 1 if self.redis_sentinels.strip() else 0
+        return self.redis_wait_replicas
 
     @property
     def data_path(self) -> Path:

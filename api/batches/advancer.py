@@ -490,5 +490,5 @@ class BatchAdvancer:
     async def _cleanup(self, batch_id: str) -> None:
         """The per-line bookkeeping is not needed once the files exist; it expires with the results."""
         ttl = self.settings.job_result_ttl_s
-        for key in (keys.batch_items(batch_id), keys.batch_custom_ids(batch_id)):
+        for key in (keys.batch_items(batch_id), keys.batch_custom_ids(batch_id), keys.batch_counted(batch_id)):
             await self.redis.expire(key, ttl)

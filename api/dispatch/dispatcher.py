@@ -17,8 +17,9 @@ from shared.errors import GatewayTimeout, Overloaded, ServiceError, ServiceUnava
 from shared.fleet import WorkerInfo
 from shared.queue import jobs
 from shared.queue.admission import Admitter
+from shared.queue.durability import Durability
 from shared.queue.fleet import QueueLoad
-from shared.queue.jobs import Job
+from shared.queue.jobs import Job, LanePusher
 from shared.queue.outcomes import NO_ENTRY, Outcome, wait_outcome
 from shared.settings import Settings
 
@@ -38,7 +39,10 @@ class Dispatcher:
         self.fleet = fleet
         # Choosing a queue and enqueueing are one Lua script: MAX_QUEUE_SIZE holds exactly
         # across API replicas, in one round trip.
-        self.admitter = Admitter(redis, settings.max_queue_size)
+        # With Redis replicas, a job is acknowledged only once they hold it (Redis WAIT).
+        durability = Durability(settings.wait_replicas, settings.redis_wait_timeout_ms)
+        self.admitter = Admitter(redis, settings.max_queue_size, durability)
+        self.lane = LanePusher(redis, durability)
 
     def new_job(self, payload: JobPayload, meta: JobMeta, ttl_s: int) -> Job:
         return jobs.create(self.sync_redis, payload, meta, ttl_s, timeout_s=int(self.settings.request_timeout_s) + 60)
@@ -50,7 +54,7 @@ class Dispatcher:
         awaiting-worker list, which the feeder drains first once a worker is live."""
         job = self.new_job(payload, meta, ttl_s)
         if meta.priority == "batch":
-            await jobs.add_to_lane(self.redis, job)
+            await self.lane.push(job)
             return
         workers = await self._candidates(hold)
         if workers is None:

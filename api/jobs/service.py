@@ -23,10 +23,14 @@ from shared import keys
 from shared.contract import CancelReason, JobError, canceled_error, expired_error
 from shared.errors import Conflict, NotFound, ServiceUnavailable
 from shared.queue import names
+from shared.queue.durability import ReplicationUnconfirmed
 from shared.queue.finish import finalize_unrun
 from shared.queue.outcomes import JobSnapshot, read_snapshot
 from shared.redis_text import text
 from shared.settings import Settings
+
+# How long an Idempotency-Key stays "pending" at most (accepting a job, images and all, takes less).
+PENDING_TTL_S = 300
 
 __all__ = ["JobService", "JobSnapshot"]
 
@@ -154,9 +158,14 @@ class JobService:
         """(job id, created): the same key and request give the same job; another request, 409."""
         slot = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
         ttl = self.settings.job_result_ttl_s
-        if await self.redis.set(slot, f"pending:{request_digest}", nx=True, ex=ttl):
+        # "pending" lives briefly: one lost with a Redis primary must not block the key for long.
+        if await self.redis.set(slot, f"pending:{request_digest}", nx=True, ex=min(ttl, PENDING_TTL_S)):
             try:
                 job_id = await create()
+            except ReplicationUnconfirmed as exc:
+                # The job may survive: a retry with this key gets it back rather than a second one.
+                await self.redis.set(slot, f"{request_digest}:{exc.job_id}", ex=ttl)
+                raise
             except BaseException:
                 await self.redis.delete(slot)
                 raise

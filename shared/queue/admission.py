@@ -22,6 +22,7 @@ from redis.typing import EncodableT
 
 from shared.fleet import WorkerInfo
 from shared.queue import names
+from shared.queue.durability import ConfirmedScript, Durability
 from shared.queue.jobs import Job, queued_fields
 
 # KEYS: rq's set of queues, the job's hash, then per candidate its queue and in-flight registry.
@@ -73,13 +74,15 @@ class Admission:
 
 
 class Admitter:
-    def __init__(self, redis: Redis, max_queue_size: int) -> None:
+    def __init__(self, redis: Redis, max_queue_size: int, durability: Durability = Durability()) -> None:
         self.max_queue_size = max_queue_size
-        self._script = redis.register_script(ADMIT_LUA)
+        # With replicas to wait for, WAIT rides in the same round trip (shared/queue/durability.py).
+        self._script = ConfirmedScript(redis, ADMIT_LUA, durability)
 
     async def admit(self, job: Job, workers: Sequence[WorkerInfo]) -> Admission:
         """Enqueue a new job on the least-loaded live queue with room (ready workers before
-        loading ones; ties broken at random so equal workers share the load)."""
+        loading ones; ties broken at random so equal workers share the load). Raises
+        ReplicationUnconfirmed if too few replicas confirmed an enqueued job in time."""
         script_keys: list[str] = [names.QUEUES, job.key]
         args: list[EncodableT] = [self.max_queue_size, len(workers), random.randrange(len(workers)), job.id]
         for w in workers:
@@ -87,6 +90,6 @@ class Admitter:
             args += [max(1, w.capacity), int(w.ready), w.queue]
         for field, value in queued_fields(job).items():
             args += [field, value]
-        reply = [int(x) for x in await self._script(keys=script_keys, args=args)]
+        reply = [int(x) for x in await self._script.run(job.id, script_keys, args)]
         chosen, loads = reply[0], reply[1:]
         return Admission(workers[chosen - 1] if chosen else None, loads[0::2], loads[1::2])

@@ -58,10 +58,22 @@ class StartedJob:
         return str(self.job.id)
 
 
+# KEYS: the batch record, its set of counted job ids. ARGV: job id, counter, the set's TTL.
+COUNT_ONCE_LUA = """
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if added == 1 then redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
+return added
+"""
+COUNTED_TTL_S = 7 * 86400  # refreshed by every count; the batch's cleanup shortens it
+
+
 def _count_in_batch(pipe: Any, job: Job, outcome: JobResult | JobError) -> None:
+    """Bump the job's OpenAI batch counter, once per job id however often it ends."""
     batch_id = jobs.batch_of(job)
     if batch_id is not None:
-        pipe.hincrby(keys.batch_record(batch_id), batch_counter(outcome), 1)
+        record, counted = keys.batch_record(batch_id), keys.batch_counted(batch_id)
+        pipe.eval(COUNT_ONCE_LUA, 2, record, counted, job.id, batch_counter(outcome), COUNTED_TTL_S)
 
 
 def _mark_ended(pipe: Any, job: Job, status: RqStatus, ended: datetime) -> None:

@@ -18,6 +18,7 @@ from rq.utils import now
 
 from shared import keys
 from shared.contract import JobMeta, JobPayload, encode
+from shared.queue.durability import ConfirmedScript, Durability
 from shared.serializer import MsgpackSerializer
 
 JobFields = dict[FieldT, EncodableT]
@@ -55,12 +56,26 @@ def queued_fields(job: Job) -> JobFields:
     return job_fields(job)
 
 
-async def add_to_lane(redis: Redis, job: Job) -> None:
-    """Store a batch-priority job and append it to the batch lane (the feeder enqueues it later)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(job.key, mapping=job_fields(job))
-        pipe.rpush(keys.BATCH_LANE, job.id)
-        await pipe.execute()
+# KEYS: the job's hash, the lane. ARGV: the job id, then the hash as field, value, ...
+# A script (atomic like MULTI/EXEC) so that WAIT can follow it in the same round trip.
+LANE_PUSH_LUA = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('RPUSH', KEYS[2], ARGV[1])
+"""
+
+
+class LanePusher:
+    """Stores batch-priority jobs and appends them to the batch lane (the feeder enqueues them later)."""
+
+    def __init__(self, redis: Redis, durability: Durability = Durability()) -> None:
+        self._script = ConfirmedScript(redis, LANE_PUSH_LUA, durability)
+
+    async def push(self, job: Job) -> None:
+        """Raises ReplicationUnconfirmed if too few replicas confirmed the job in time."""
+        args: list[EncodableT] = [job.id]
+        for field, value in job_fields(job).items():
+            args += [field, value]
+        await self._script.run(job.id, [job.key, keys.BATCH_LANE], args)
 
 
 # KEYS: the awaiting-worker list, the job's hash. ARGV: most jobs the list may hold, the job id,

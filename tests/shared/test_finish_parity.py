@@ -162,6 +162,21 @@ def test_our_additions_batch_counter_and_cancel_request(redis_server: RedisServe
     assert conn.zscore(keys.CANCEL_REQUESTS, "ours") is None
 
 
+
+def test_a_job_that_ends_twice_counts_once_in_its_batch(redis_server: RedisServer) -> None:
+    """At least once (a re-run after a Redis failover): a second finish of the same job adds a
+    second results-stream entry, but the batch counter counts the job once."""
+    conn = fresh(redis_server)
+    worker, _, started = start(conn, "ours-worker", "ours")
+    started.job.meta["batch_id"] = "batch_x"
+    finish_batch(worker, [(started, RESULT)])
+    finish_batch(worker, [(started, RESULT)])
+    assert conn.hget(keys.batch_record("batch_x"), "completed") == b"1"
+    assert len(result_entries(conn, "ours")) == 2
+    assert latest_outcome(conn, "ours")[0] == RESULT
+    assert conn.ttl(keys.batch_counted("batch_x")) > 0
+
+
 def test_what_is_left_out_is_documented_and_real(redis_server: RedisServer) -> None:
     """`LEFT_OUT` lists what rq does and finish_batch does not; the job re-save on success is
     observable: rq re-writes every field of the job, finish_batch only its status and end time."""

@@ -80,3 +80,20 @@ def test_clients_follow_a_sentinel_failover(cluster: SentinelCluster) -> None:
     from redis import Redis
 
     assert Redis(port=new, db=5).get("omega:test:async") == b"3"
+
+
+def test_settings_describe_the_sentinel_target() -> None:
+    from shared.settings_sources import SettingsError, load_settings
+
+    env = {"REDIS_URL": "redis://unused:1/3", "REDIS_SENTINELS": "a:1,b", "REDIS_SENTINEL_MASTER": "m"}
+    settings = load_settings(environ={**env, "REDIS_PASSWORD": "node-secret", "REDIS_SENTINEL_PASSWORD": "s-secret"})
+    target = RedisTarget.from_settings(settings)
+    assert target.sentinels == (("a", 1), ("b", 26379)) and target.master == "m"
+    assert target._node_options() == {"db": 3, "password": "node-secret"}
+    assert target._sentinel_options({})["password"] == "s-secret"
+    assert "node-secret" not in repr(settings) and "s-secret" not in repr(settings)
+    # A job waits for one replica with sentinels, none without, unless told otherwise.
+    assert settings.wait_replicas == 1 and load_settings(environ={}).wait_replicas == 0
+    assert load_settings(environ={**env, "REDIS_WAIT_REPLICAS": "2"}).wait_replicas == 2
+    with pytest.raises(SettingsError, match="REDIS_SENTINELS"):
+        load_settings(environ={"REDIS_SENTINELS": "a:b"})

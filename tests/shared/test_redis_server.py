@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from omega_vlm import redis_server
+from omega_vlm import redis_server as up_redis
+from shared.redis_connect import RedisTarget
 from tests.support.procs import RedisServer
 
 
@@ -15,8 +17,16 @@ def test_reachable(redis_server: RedisServer) -> None:
     assert not redis_server_reachable("redis://127.0.0.1:1/0")
 
 
+def test_a_private_redis_only_for_a_plain_url_that_does_not_answer(redis_server: RedisServer) -> None:
+    needs = up_redis.needs_private_redis
+    assert needs(RedisTarget("redis://127.0.0.1:1/0"))
+    assert not needs(RedisTarget(redis_server.url()))
+    # With sentinels, never: a private primary beside a Sentinel deployment would split it.
+    assert not needs(RedisTarget("redis://127.0.0.1:1/0", sentinels=(("127.0.0.1", 1),)))
+
+
 def redis_server_reachable(url: str) -> bool:
-    return redis_server.reachable(url, timeout_s=0.5)
+    return redis_server.reachable(RedisTarget(url), timeout_s=0.5)
 
 
 def test_private_plan_uses_append_only_persistence(tmp_path: Path) -> None:

@@ -1,0 +1,39 @@
+"""A worker resuming its queue after its loop was interrupted (a Redis outage or failover).
+
+The interrupted loop may have started jobs it never ran: the start pipeline reached Redis (and,
+after a failover, the promoted replica) but its reply did not reach the worker. Those jobs carry
+this worker's name, so the janitor, which requeues only jobs of dead workers, would never touch
+them. When the loop restarts nothing is in hand, so every job still started under this worker's
+name is abandoned: it goes back to the front of its queue and runs again (at least once).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rq.job import JobStatus as RqStatus
+from rq.registry import StartedJobRegistry
+from rq.worker import SimpleWorker
+
+from shared.queue import jobs
+from shared.serializer import MsgpackSerializer
+
+log = logging.getLogger("omega.worker.rq")
+
+
+def requeue_own_started(worker: SimpleWorker) -> int:
+    """Put back every job still started under this worker's name; returns how many."""
+    moved = 0
+    for queue in worker.queues:
+        registry = StartedJobRegistry(queue.name, connection=worker.connection, serializer=MsgpackSerializer)
+        for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+            job = jobs.fetch(worker.connection, job_id)
+            if job is not None and (job.worker_name != worker.name or job.get_status() != RqStatus.STARTED):
+                continue
+            if job is not None:  # queued again before it leaves the registry: a crash here loses nothing
+                jobs.enqueue_on(worker.connection, queue.name, job, at_front=True)
+                moved += 1
+            worker.connection.zrem(registry.key, f"{job_id}:{execution_id}")
+    if moved:
+        log.warning("put %d job(s) this worker had started before its loop was interrupted back on the queue", moved)
+    return moved
