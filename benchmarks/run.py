@@ -31,12 +31,13 @@ import torch
 import transformers
 from PIL import Image
 from redis import Redis
-from rq.suspension import resume, suspend
 
 from benchmarks import load, mixed, redis_scale
 from benchmarks.service import COMPUTE_THREADS, BenchService
 from shared.contract import JobPayload, Message, SamplingParams, TextPart
 from shared.images import decode_image
+from shared.queue.pause import pause_pulls as suspend
+from shared.queue.pause import resume_pulls as resume
 from shared.settings_sources import load_settings
 from tests.support.images import ALLOW_NETWORK, data_url, start_image_host
 from workers.demo_model import ensure_demo_model

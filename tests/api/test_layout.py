@@ -43,6 +43,29 @@ def test_only_the_app_reaches_the_service_locator() -> None:
     assert not users
 
 
+def test_rq_is_imported_by_the_queue_adapter_only() -> None:
+    """Every use of rq (and of its Redis keys) goes through shared/queue/: an rq upgrade is one folder."""
+    users = [
+        str(path.relative_to(ROOT))
+        for package in ("api", "workers", "shared", "omega_vlm", "benchmarks")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if any(m == "rq" or m.startswith("rq.") for m in _imports(path))
+    ]
+    assert users and all(u.startswith("shared/queue/") for u in users), users
+
+
+def test_each_final_state_has_one_writer() -> None:
+    """rq's result and registry writes for a job's end live in shared/queue/finish.py alone."""
+    writes = ("Result.create(", "_handle_failure(", "finished_job_registry.add(", "failed_job_registry.add(")
+    writers = {
+        str(path.relative_to(ROOT))
+        for package in ("api", "workers", "shared", "omega_vlm")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if any(w in path.read_text() for w in writes)
+    }
+    assert writers == {"shared/queue/finish.py"}, writers
+
+
 def test_one_class_per_name() -> None:
     names = Counter(
         node.name

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from redis import Redis
-from rq.suspension import resume, suspend
 
+from shared.queue.pause import pause_pulls as suspend
+from shared.queue.pause import resume_pulls as resume
 from tests.conftest import STRICT_KEY
 from tests.support.assertions import assert_openai_error, job_keys
 from tests.support.procs import answers, wait_for

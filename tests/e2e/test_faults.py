@@ -17,11 +17,12 @@ import httpx
 import pytest
 from redis import Redis
 from rq.job import Job
-from rq.suspension import resume, suspend
 
 from shared import keys
 from shared.fleet import WorkerInfo, decode_info
 from shared.queue import names
+from shared.queue.pause import pause_pulls as suspend
+from shared.queue.pause import resume_pulls as resume
 from shared.serializer import MsgpackSerializer
 from tests.support.assertions import assert_openai_error
 from tests.support.images import data_url, image_bytes

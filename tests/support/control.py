@@ -7,8 +7,9 @@ from contextlib import contextmanager
 
 import httpx
 from redis import Redis
-from rq.suspension import resume, suspend
 
+from shared.queue.pause import pause_pulls as suspend
+from shared.queue.pause import resume_pulls as resume
 from tests.support.stack import Stack
 
 
