@@ -29,8 +29,12 @@ from shared.settings import Settings
 SNIFF_LINES = 100
 
 
-def check_jsonl(stream: BinaryIO, max_bytes: int) -> tuple[int, int]:
-    """(bytes, non-empty lines) of a JSONL upload, or the 4xx that explains what is wrong."""
+def check_jsonl(stream: BinaryIO, max_bytes: int, max_line_bytes: int = 1 << 62) -> tuple[int, int]:
+    """(bytes, non-empty lines) of a JSONL upload, or the 4xx that explains what is wrong.
+
+    A line over `max_line_bytes` (a batch line's limit, MAX_REQUEST_BYTES) is not parsed to sniff
+    the format: it becomes its own `line_too_large` error row later, and parsing 100 MB of JSON
+    holds the GIL (every request of the process would wait, thread or not)."""
     size = lines = json_objects = 0
     for raw in stream:
         size += len(raw)
@@ -45,7 +49,7 @@ def check_jsonl(stream: BinaryIO, max_bytes: int) -> tuple[int, int]:
         if not text:
             continue
         lines += 1
-        if lines <= SNIFF_LINES and text.startswith("{"):
+        if lines <= SNIFF_LINES and len(raw) <= max_line_bytes and text.startswith("{"):
             with contextlib.suppress(ValueError, RecursionError):  # such a line is its own error row later
                 json_objects += isinstance(json.loads(text), dict)
     if lines == 0:
@@ -70,7 +74,9 @@ class FileService:
     async def upload(self, stream: BinaryIO, filename: str, purpose: str) -> FileObject:
         if purpose != "batch":
             raise InvalidRequest(f"purpose must be 'batch' (got {purpose!r})", param="purpose", code="invalid_purpose")
-        size, _ = await anyio.to_thread.run_sync(check_jsonl, stream, self.settings.max_file_bytes)
+        size, _ = await anyio.to_thread.run_sync(
+            check_jsonl, stream, self.settings.max_file_bytes, self.settings.max_request_bytes
+        )
         record = FileObject(
             id=f"file-{uuid.uuid4().hex}",
             bytes=size,
