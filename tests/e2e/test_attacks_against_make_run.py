@@ -32,7 +32,7 @@ from shared import keys
 from tests.e2e.test_make_run import descendants, start_make_run
 from tests.support.api_thread import worst_livez_during
 from tests.support.assertions import assert_openai_error
-from tests.support.images import ImageHost
+from tests.support.images import ImageHost, image_bytes
 from tests.support.procs import free_port
 
 LIVEZ_BOUND_S = 1.0  # the goal is 0.1 s; generous for a shared 2-core machine
@@ -211,7 +211,7 @@ def test_json_nested_1000_deep_is_a_400(service: Service, path: str) -> None:
     assert assert_openai_error(reply, 400)["code"] == "json_too_deep"
 
 
-@pytest.mark.parametrize("job_id", ["%00", "%C3%A9", "é"])
+@pytest.mark.parametrize("job_id", ["%00", "%C3%A9", "a%20b"])  # NUL, é, a space
 def test_bad_job_ids_are_a_404(service: Service, job_id: str) -> None:
     for method in ("GET", "DELETE"):
         error = assert_openai_error(service.http.request(method, f"/v1/jobs/{job_id}"), 404)
@@ -239,6 +239,14 @@ def test_embedded_and_metadata_addresses_are_refused_unsent(service: Service, ho
     assert error["code"] == "image_url_blocked", error
     # Refused by policy before any connect: a connect attempt would wait for IMAGE_FETCH_TIMEOUT_S.
     assert time.perf_counter() - started < 3
+
+
+def test_non_ascii_image_url_and_redirect_location_are_fetched(service: Service, image_host: ImageHost) -> None:
+    image_host.add("/caf%C3%A9.png", image_bytes("PNG", (32, 32)))
+    redirect = image_host.redirect("/to-cafe", "/café.png".encode().decode("latin-1"))  # raw UTF-8 Location
+    for url in (f"{image_host.base}/café.png", redirect):
+        reply = service.http.post("/v1/chat/completions", json={"messages": with_image(url), "max_tokens": 2})
+        assert reply.status_code == 200, reply.text
 
 
 def test_the_one_by_forty_million_png_is_a_400(service: Service, image_host: ImageHost) -> None:
