@@ -59,7 +59,7 @@ def lane_job(conn: Redis, url: str, job_id: str, blob: str) -> None:
     async def add() -> None:
         client = AsyncRedis.from_url(url)
         try:
-            await jobs.add_to_lane(client, job)
+            await jobs.LanePusher(client).push(job)
         finally:
             await client.aclose()
 
