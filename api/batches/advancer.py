@@ -101,6 +101,10 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, BlobStoreUnavailable, OSError, TimeoutError))
 
 
+# A line parsed: (custom_id, body), why it is not a request, or what parsing raised.
+Parsed = tuple[str, dict[str, Any]] | LineError | Exception
+
+
 class BatchAdvancer:
     """Moves every active OpenAI batch forward a bounded step at a time (one per lock held)."""
 
@@ -280,7 +284,10 @@ class BatchAdvancer:
         return False
 
     async def _expand(self, record: BatchRecord, lines: list[RawLine]) -> None:
-        results = await asyncio.gather(*(self._line(record, line) for line in lines), return_exceptions=True)
+        parsed = await self._parse_each(record, lines)
+        results = await asyncio.gather(
+            *(self._line(record, line, p) for line, p in zip(lines, parsed, strict=True)), return_exceptions=True
+        )
         outages: list[BaseException] = []
         for line, result in zip(lines, results, strict=True):
             if isinstance(result, BaseException):
@@ -297,10 +304,25 @@ class BatchAdvancer:
         if outages:
             raise outages[0]
 
-    async def _line(self, record: BatchRecord, line: RawLine) -> str | LineError:
+    async def _parse_each(self, record: BatchRecord, lines: list[RawLine]) -> list[Parsed]:
+        """Each line parsed in its own turn of the event loop. Parsing holds the GIL (a thread
+        would not help): one turn per line keeps a step of large lines (up to MAX_REQUEST_BYTES
+        each) from stalling every other request behind all of them at once."""
+        endpoint = record.text("endpoint") or ""
+        parsed: list[Parsed] = []
+        for line in lines:
+            try:
+                parsed.append(parse_line(line, endpoint, self.settings.max_request_bytes))
+            except Exception as exc:  # becomes this line's error row (_expand)
+                parsed.append(exc)
+            await asyncio.sleep(0)
+        return parsed
+
+    async def _line(self, record: BatchRecord, line: RawLine, parsed: Parsed) -> str | LineError:
         """The job id a line became (submitted once, whatever happens), or its error."""
         job_id = f"{record.id}-{line.number}"
-        parsed = parse_line(line, record.text("endpoint") or "", self.settings.max_request_bytes)
+        if isinstance(parsed, Exception):
+            raise parsed
         if isinstance(parsed, LineError):
             return parsed
         custom_id, body = parsed
