@@ -150,13 +150,15 @@ class RunningBatch:
         return self.mask[:, None, None, :].bool() if self._padded else None
 
     def _take(self, logits: torch.Tensor, rules: RowRules) -> None:
-        tokens = self.sampler(rules).choose(logits)
+        chosen = self.sampler(rules).choose(logits)
+        tokens: list[int] = chosen.tolist()  # the step's one host sync, for every row at once
         now = time.perf_counter()
         for live, token in zip(self.rows, tokens, strict=True):
-            if live.plan.first_token_at is None:
-                live.plan.first_token_at = now
+            plan = live.plan
+            if plan.first_token_at is None:
+                plan.first_token_at = now
             rules.accept(live, token)
-        self.last_tokens = torch.tensor(tokens, dtype=torch.long, device=self.mask.device)
+        self.last_tokens = chosen
 
 
 @torch.inference_mode()

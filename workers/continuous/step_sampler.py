@@ -39,6 +39,9 @@ class StepSampler:
         self.use_counts = any(p.presence_penalty or p.frequency_penalty for p in params)
         self.use_min = any(p.min_new_tokens > 0 for p in params)
         self.seeds = torch.tensor([r.plan.seed for r in self.rows], dtype=torch.int64, device=device)
+        # Each row's own step, counted here from its tokens at composition time: every `choose`
+        # gives every row exactly one token, so no per-step rebuild from the rows is needed.
+        self.steps = torch.tensor([len(r.tokens) for r in self.rows], dtype=torch.long, device=device)
         self.seen: torch.Tensor | None = None  # (B, V): prompt + generated tokens, for repetition
         self.counts: torch.Tensor | None = None  # (B, V): generated token counts
         self._groups: list[tuple[int, torch.Tensor]] | None = None
@@ -101,9 +104,10 @@ class StepSampler:
             chosen.index_copy_(0, rows, torch.gather(order, 1, race.argmax(dim=-1, keepdim=True)).squeeze(1))
         return chosen
 
-    def choose(self, logits: torch.Tensor) -> list[int]:
-        """(B, V) logits of each row's last position -> each row's next token id."""
-        steps = torch.tensor([len(r.tokens) for r in self.rows], dtype=torch.long, device=self.device)
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits of each row's last position -> (B,) each row's next token id."""
+        steps = self.steps
+        self.steps = steps + 1
         scores = logits.float()
         self._history(scores.shape[-1])
         scores = self._penalise(scores)
@@ -120,4 +124,4 @@ class StepSampler:
             self.seen.scatter_(1, column, True)
         if self.counts is not None:
             self.counts.scatter_add_(1, column, torch.ones_like(column, dtype=torch.float32))
-        return [int(t) for t in chosen.tolist()]
+        return chosen
