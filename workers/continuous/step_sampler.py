@@ -112,10 +112,12 @@ class StepSampler:
         self._history(scores.shape[-1])
         scores = self._penalise(scores)
         if self.use_min:
+            # Only the EOS columns can be blocked: rewrite those (B, n_eos) instead of building
+            # and applying a (B, vocab) mask at every step. `scores` is this step's own tensor
+            # (the model's output or a penalised copy), so writing into it is safe.
             blocked = (steps < self.min_new).unsqueeze(1)
-            eos_mask = torch.zeros_like(scores, dtype=torch.bool)
-            eos_mask[:, self.eos_ids] = True
-            scores = scores.masked_fill(blocked & eos_mask, float("-inf"))
+            eos = scores.index_select(1, self.eos_ids)
+            scores.index_copy_(1, self.eos_ids, eos.masked_fill(blocked, float("-inf")))
         chosen = scores.argmax(dim=-1)
         if self.any_sampling:
             chosen = torch.where(self.sampling_rows, self._sample(scores, steps), chosen)
