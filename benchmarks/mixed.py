@@ -188,8 +188,62 @@ def compare(start_worker: Callable[..., None], url: str, quick: bool) -> list[st
     return lines
 
 
+def engine_closed_loop(model: Path, lengths: tuple[int, ...], total: int = 96, clients: int = 16) -> float:
+    """The continuous engine alone, in-process (no queue, no HTTP): `clients` rows in flight,
+    each client sending its next request 4 ms after its answer, as the service's clients do;
+    output tokens/s. What the engine's per-step cost decides, without the service's noise."""
+    import heapq
+
+    import torch
+
+    from shared.contract import JobPayload, Message, SamplingParams, TextPart
+    from shared.settings_sources import load_settings
+    from workers.continuous.scheduler import ContinuousEngine
+    from workers.engine import Engine
+    from workers.loader import load_model
+
+    settings = load_settings(environ={"MODEL_PATH": str(model), "MAX_BATCH_SIZE": "8"})
+    engine = Engine(load_model(settings, torch.device("cpu"), lambda _: None), settings)
+    engine.warmup()
+
+    def row(i: int) -> Any:
+        tokens = lengths[i % len(lengths)]
+        params = SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens)
+        message = Message("user", (TextPart(f"benchmark request number {i}"),))
+        return engine.prepare(JobPayload(id=f"e{i}", messages=(message,), params=params, created_at=time.time()), [])
+
+    def run() -> float:
+        rows = [row(i) for i in range(total)]
+        arrivals: list[tuple[float, int]] = [(0.0, i) for i in range(min(clients, total))]
+        sent, tokens, start = len(arrivals), 0, time.perf_counter()
+
+        def done(_row: Any, out: Any) -> None:
+            nonlocal sent, tokens
+            tokens += out.completion_tokens
+            if sent < total:
+                heapq.heappush(arrivals, (time.perf_counter() - start + 0.004, sent))
+                sent += 1
+
+        def failed(_row: Any, exc: Exception) -> None:
+            raise exc
+
+        ce = ContinuousEngine(engine, done, failed)
+        while arrivals or not ce.idle:
+            now = time.perf_counter() - start
+            while arrivals and arrivals[0][0] <= now:
+                ce.submit(rows[heapq.heappop(arrivals)[1]])
+            if ce.idle:
+                time.sleep(max(0.0, arrivals[0][0] - now))
+                continue
+            ce.run_step()
+        return tokens / (time.perf_counter() - start)
+
+    return float(np.median([run() for _ in range(3)]))
+
+
 def main() -> None:
-    """`python -m benchmarks.mixed [--quick]`: this section of `make bench` alone."""
+    """`python -m benchmarks.mixed [--quick] [--engine]`: this section of `make bench` alone;
+    `--engine`: the continuous engine's in-process closed-loop throughput only."""
     import argparse
 
     import torch
@@ -199,9 +253,17 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--engine", action="store_true", help="in-process continuous engine only (closed loop)")
     args = parser.parse_args()
     torch.set_num_threads(COMPUTE_THREADS)
     root = Path(__file__).resolve().parents[1]
+    if args.engine:
+        model = ensure_demo_model(root / ".omega" / "bench" / "demo-model")
+        for name, lengths in (("uniform 32-token", (32,)), ("mixed lengths 4/16/64/256", MIXED_LENGTHS)):
+            print(
+                f"continuous engine in-process, {name}, 16 clients: {engine_closed_loop(model, lengths):.0f} tokens/s"
+            )
+        return
     service = BenchService(ensure_demo_model(root / ".omega" / "bench" / "demo-model"))
     try:
         print("\n".join(compare(service.start_worker, service.url, args.quick)))

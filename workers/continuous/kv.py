@@ -29,12 +29,17 @@ def check_supported(cache: Any) -> None:
             raise UnsupportedCache(f"continuous batching cannot merge {type(layer).__name__} cache layers")
 
 
-def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - tensor.shape[-2]
-    if missing <= 0:
-        return tensor
-    pad = tensor.new_zeros((*tensor.shape[:-2], missing, tensor.shape[-1]))
-    return torch.cat([pad, tensor], dim=-2)
+def _stack_right_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a`'s rows then `b`'s in one new tensor, each right-aligned and zero on its left: one
+    allocation and one copy of each (padding then concatenating would copy the padded one twice)."""
+    width = max(a.shape[-2], b.shape[-2])
+    out = a.new_empty((a.shape[0] + b.shape[0], *a.shape[1:-2], width, a.shape[-1]))
+    for rows, part in ((slice(0, a.shape[0]), a), (slice(a.shape[0], None), b)):
+        start = width - part.shape[-2]
+        if start:
+            out[rows, ..., :start, :].zero_()
+        out[rows, ..., start:, :].copy_(part)
+    return out
 
 
 def merge(first: Any, second: Any, columns: int) -> Any:
@@ -43,9 +48,8 @@ def merge(first: Any, second: Any, columns: int) -> Any:
     for a, b in zip(first.layers, second.layers, strict=True):
         if not (a.is_initialized and b.is_initialized):
             continue  # a layer that shares another's KV (no tensors of its own)
-        width = max(a.keys.shape[-2], b.keys.shape[-2])
-        a.keys = torch.cat([_pad_left(a.keys, width), _pad_left(b.keys, width)], dim=0)
-        a.values = torch.cat([_pad_left(a.values, width), _pad_left(b.values, width)], dim=0)
+        a.keys = _stack_right_aligned(a.keys, b.keys)
+        a.values = _stack_right_aligned(a.values, b.values)
         if isinstance(a, DynamicSlidingWindowLayer):
             a.cumulative_length = columns
     return first

@@ -39,6 +39,9 @@ class StepSampler:
         self.use_counts = any(p.presence_penalty or p.frequency_penalty for p in params)
         self.use_min = any(p.min_new_tokens > 0 for p in params)
         self.seeds = torch.tensor([r.plan.seed for r in self.rows], dtype=torch.int64, device=device)
+        # Each row's own step, counted here from its tokens at composition time: every `choose`
+        # gives every row exactly one token, so no per-step rebuild from the rows is needed.
+        self.steps = torch.tensor([len(r.tokens) for r in self.rows], dtype=torch.long, device=device)
         self.seen: torch.Tensor | None = None  # (B, V): prompt + generated tokens, for repetition
         self.counts: torch.Tensor | None = None  # (B, V): generated token counts
         self._groups: list[tuple[int, torch.Tensor]] | None = None
@@ -101,17 +104,20 @@ class StepSampler:
             chosen.index_copy_(0, rows, torch.gather(order, 1, race.argmax(dim=-1, keepdim=True)).squeeze(1))
         return chosen
 
-    def choose(self, logits: torch.Tensor) -> list[int]:
-        """(B, V) logits of each row's last position -> each row's next token id."""
-        steps = torch.tensor([len(r.tokens) for r in self.rows], dtype=torch.long, device=self.device)
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits of each row's last position -> (B,) each row's next token id."""
+        steps = self.steps
+        self.steps = steps + 1
         scores = logits.float()
         self._history(scores.shape[-1])
         scores = self._penalise(scores)
         if self.use_min:
+            # Only the EOS columns can be blocked: rewrite those (B, n_eos) instead of building
+            # and applying a (B, vocab) mask at every step. `scores` is this step's own tensor
+            # (the model's output or a penalised copy), so writing into it is safe.
             blocked = (steps < self.min_new).unsqueeze(1)
-            eos_mask = torch.zeros_like(scores, dtype=torch.bool)
-            eos_mask[:, self.eos_ids] = True
-            scores = scores.masked_fill(blocked & eos_mask, float("-inf"))
+            eos = scores.index_select(1, self.eos_ids)
+            scores.index_copy_(1, self.eos_ids, eos.masked_fill(blocked, float("-inf")))
         chosen = scores.argmax(dim=-1)
         if self.any_sampling:
             chosen = torch.where(self.sampling_rows, self._sample(scores, steps), chosen)
@@ -120,4 +126,4 @@ class StepSampler:
             self.seen.scatter_(1, column, True)
         if self.counts is not None:
             self.counts.scatter_add_(1, column, torch.ones_like(column, dtype=torch.float32))
-        return [int(t) for t in chosen.tolist()]
+        return chosen
