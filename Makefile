@@ -10,7 +10,7 @@ TORCHVISION_VERSION ?= 0.29.1
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.omega-installed
 
-.PHONY: setup run test lint typecheck unit models supported-models bench demo-model clean system-deps
+.PHONY: setup run test test-failover lint typecheck unit models supported-models bench demo-model clean system-deps
 
 # Python venv support and redis-server are the only system packages needed.
 system-deps:
@@ -38,6 +38,10 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The Sentinel failover test alone (kept out of `make test`: see tests/e2e/test_sentinel_failover.py).
+test-failover: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m failover $(PYTEST_ARGS)
 
 unit: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -16,6 +16,10 @@ import pytest
 from tests.support.procs import ServiceProcess, free_port, service_env, wait_for, wait_ready
 from tests.support.sentinel import MASTER, SentinelCluster, start_sentinel_cluster
 
+# Out of `make test` until a worker that stopped making progress after an early failover inside the full
+# suite (1 run in 8) is understood; `make test-failover` runs it.
+pytestmark = pytest.mark.failover
+
 SUBMITTERS = 4
 
 
