@@ -339,6 +339,35 @@ def test_a_non_streaming_client_that_leaves_stops_its_generation(service: Servic
     )
 
 
+def test_six_30_mb_batch_lines_cost_only_their_own_rows(service: Service) -> None:
+    # The review's six 30 MB lines (each under a batch line's limit, so each is parsed): every one
+    # becomes its own context_length_exceeded row, and the loop keeps answering meanwhile.
+    huge = "x" * 30_000_000
+    batch_id = create_batch(service, [chat_line(f"huge-{i}", messages=[{"role": "user", "content": huge}]) for i in range(6)])
+
+    def run() -> httpx.Response:
+        wait_batch(service, batch_id, timeout=120)
+        return service.http.get(f"/v1/batches/{batch_id}")
+
+    batch = service.heavy("six 30 MB batch lines", run).json()
+    assert (batch["status"], batch["request_counts"]) == ("completed", {"total": 6, "completed": 0, "failed": 6}), batch
+    rows = rows_of(service, batch["error_file_id"])
+    codes = {(row["error"] or row["response"]["body"]["error"])["code"] for row in rows}
+    assert codes == {"context_length_exceeded"}, codes
+
+
+def test_a_120_mb_first_line_of_an_upload(service: Service) -> None:
+    # Over a batch line's limit: stored without being parsed to sniff it (it becomes its own
+    # line_too_large row if a batch runs it); the loop never waits behind a 120 MB parse.
+    first = b'{"custom_id":"big","method":"POST","url":"/v1/chat/completions","body":{"x":"' + b"y" * 120_000_000 + b'"}}\n'
+    second = chat_line("small").encode() + b"\n"
+    files = {"file": ("big.jsonl", first + second, "application/jsonl")}
+    reply = service.heavy(
+        "a 120 MB first line", lambda: service.http.post("/v1/files", files=files, data={"purpose": "batch"})
+    )
+    assert reply.status_code == 200, reply.text[:300]
+
+
 def test_nothing_accepted_was_lost_and_sigterm_stops_the_service(service: Service) -> None:
     assert service.jobs and service.batches
     for job_id in service.jobs:
