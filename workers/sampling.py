@@ -88,24 +88,18 @@ def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
 
 
-class RowSampler(LogitsProcessor):
-    """Choose each row's token by its own parameters; leave only that token for greedy to take."""
+class RowChoice:
+    """Each row's own sampling parameters as columns, its penalties and the exponential race:
+    what both engines' samplers share (RowSampler for `generate`, the continuous engine's
+    StepSampler). A row's path depends only on its own parameters, so its draw is the same in any
+    batch."""
 
-    def __init__(
-        self,
-        plans: Sequence[RowPlan],
-        prompt_width: int,
-        pad_lengths: Sequence[int],
-        eos_ids: Sequence[int],
-        device: torch.device,
-    ) -> None:
+    def __init__(self, plans: Sequence[RowPlan], eos_ids: Sequence[int], device: torch.device) -> None:
         self.plans = list(plans)
-        self.prompt_width = prompt_width
-        self.pad_lengths = list(pad_lengths)
         self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
         self.device = device
         params = [p.params for p in self.plans]
-        self.sampling_rows = torch.tensor([p.do_sample and p.temperature > 0 for p in params], device=device)
+        self.sampling_rows = torch.tensor([p.sampled for p in self.plans], device=device)
         self.any_sampling = bool(self.sampling_rows.any())
         self.temperature = _column([max(p.temperature, 1e-5) for p in params], device)
         self.top_p = _column([p.top_p for p in params], device)
@@ -120,39 +114,18 @@ class RowSampler(LogitsProcessor):
         self.seen: torch.Tensor | None = None  # (B, V) tokens in prompt + output, for repetition
         self.counts: torch.Tensor | None = None  # (B, V) output token counts, for presence/frequency
         self._cached_groups: list[tuple[int, torch.Tensor]] | None = None
-        self._first_call = True
-
-    def _update_history(self, input_ids: torch.Tensor, vocab: int) -> None:
-        step = input_ids.shape[1] - self.prompt_width
-        if self.use_repetition:
-            if self.seen is None:
-                # Left padding is not part of a row's prompt: leave it out, or a row would be
-                # penalised differently alone than in a batch.
-                positions = torch.arange(input_ids.shape[1], device=self.device).unsqueeze(0)
-                real = positions >= torch.tensor(self.pad_lengths, device=self.device).unsqueeze(1)
-                self.seen = torch.zeros(input_ids.shape[0], vocab, dtype=torch.bool, device=self.device)
-                self.seen.scatter_(1, torch.where(real, input_ids, 0), real)
-                # Tokens generated before the first call are none; later steps add one each.
-            elif step > 0:
-                self.seen.scatter_(1, input_ids[:, -1:], True)
-        if self.use_counts:
-            if self.counts is None:
-                self.counts = torch.zeros(input_ids.shape[0], vocab, dtype=torch.float32, device=self.device)
-            if step > 0:
-                self.counts.scatter_add_(1, input_ids[:, -1:], torch.ones_like(input_ids[:, -1:], dtype=torch.float32))
 
     def _penalise(self, scores: torch.Tensor) -> torch.Tensor:
-        if self.use_repetition and self.seen is not None:
+        if self.seen is not None:
             penalised = torch.where(scores > 0, scores / self.repetition, scores * self.repetition)
             scores = torch.where(self.seen, penalised, scores)
-        if self.use_counts and self.counts is not None:
+        if self.counts is not None:
             scores = scores - self.presence * (self.counts > 0) - self.frequency * self.counts
         return scores
 
     def _groups(self, vocab: int) -> list[tuple[int, torch.Tensor]]:
         """Sampling rows grouped by how their candidates are found: top-k k (> 0), a full sort
-        (0: top-p without top-k), or none at all (-1: plain temperature sampling). A row's path
-        depends only on its own parameters, so its draw is the same in any batch."""
+        (0: top-p without top-k), or none at all (-1: plain temperature sampling)."""
         if self._cached_groups is None:
             by_kind: dict[int, list[int]] = {}
             for row, plan in enumerate(self.plans):
@@ -166,13 +139,14 @@ class RowSampler(LogitsProcessor):
             ]
         return self._cached_groups
 
-    def _sample(self, scores: torch.Tensor, step: int) -> torch.Tensor:
+    def _sample(self, scores: torch.Tensor, steps: int | torch.Tensor) -> torch.Tensor:
         """Token ids for the sampling rows (exact categorical draw by the exponential race);
-        other rows' entries are left at 0."""
+        other rows' entries are left at 0. `steps`: one step for all rows, or each row's own."""
         logits = scores / self.temperature
         chosen = torch.zeros(scores.shape[0], dtype=torch.long, device=self.device)
         for kind, rows in self._groups(scores.shape[-1]):
             sub, seeds = logits.index_select(0, rows), self.seeds.index_select(0, rows)
+            step = steps[rows] if isinstance(steps, torch.Tensor) else steps
             if kind == -1:
                 # No truncation: race over the whole vocabulary in token order, nothing sorted.
                 ids = torch.arange(sub.shape[-1], device=self.device).unsqueeze(0)
@@ -195,6 +169,42 @@ class RowSampler(LogitsProcessor):
             race = log_probs - torch.log(exponential_noise_at(seeds, step, order))
             chosen.index_copy_(0, rows, torch.gather(order, 1, race.argmax(dim=-1, keepdim=True)).squeeze(1))
         return chosen
+
+
+class RowSampler(RowChoice, LogitsProcessor):
+    """Choose each row's token by its own parameters; leave only that token for greedy to take."""
+
+    def __init__(
+        self,
+        plans: Sequence[RowPlan],
+        prompt_width: int,
+        pad_lengths: Sequence[int],
+        eos_ids: Sequence[int],
+        device: torch.device,
+    ) -> None:
+        super().__init__(plans, eos_ids, device)
+        self.prompt_width = prompt_width
+        self.pad_lengths = list(pad_lengths)
+        self._first_call = True
+
+    def _update_history(self, input_ids: torch.Tensor, vocab: int) -> None:
+        step = input_ids.shape[1] - self.prompt_width
+        if self.use_repetition:
+            if self.seen is None:
+                # Left padding is not part of a row's prompt: leave it out, or a row would be
+                # penalised differently alone than in a batch.
+                positions = torch.arange(input_ids.shape[1], device=self.device).unsqueeze(0)
+                real = positions >= torch.tensor(self.pad_lengths, device=self.device).unsqueeze(1)
+                self.seen = torch.zeros(input_ids.shape[0], vocab, dtype=torch.bool, device=self.device)
+                self.seen.scatter_(1, torch.where(real, input_ids, 0), real)
+                # Tokens generated before the first call are none; later steps add one each.
+            elif step > 0:
+                self.seen.scatter_(1, input_ids[:, -1:], True)
+        if self.use_counts:
+            if self.counts is None:
+                self.counts = torch.zeros(input_ids.shape[0], vocab, dtype=torch.float32, device=self.device)
+            if step > 0:
+                self.counts.scatter_add_(1, input_ids[:, -1:], torch.ones_like(input_ids[:, -1:], dtype=torch.float32))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._first_call:  # every row of the call gets its first token now
