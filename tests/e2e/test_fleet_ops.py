@@ -18,6 +18,7 @@ from redis import Redis
 
 from shared import keys
 from shared.queue import names
+from tests.support.jobs import final_job, submit_job
 from tests.support.procs import RedisServer, ServiceProcess, answers, free_port, service_env, wait_for
 
 STALL = "STALL-HERE"
@@ -63,17 +64,10 @@ class Fleet:
         return self.redis_server.client()
 
     def submit(self, body: dict[str, Any]) -> str:
-        r = httpx.post(f"{self.url}/v1/jobs", json=body, timeout=60)
-        assert r.status_code == 202, r.text
-        return str(r.json()["id"])
+        return submit_job(self.url, body)
 
     def final(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = httpx.get(f"{self.url}/v1/jobs/{job_id}", params={"wait": 20}, timeout=60).json()
-            if job["status"] not in ("queued", "running"):
-                return dict(job)
-        raise TimeoutError(f"job {job_id} is not final")
+        return final_job(self.url, job_id, timeout)
 
     def stop(self) -> None:
         self.api.stop()
