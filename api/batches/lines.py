@@ -8,13 +8,12 @@ output format: `{"id", "custom_id", "response": {"status_code", "request_id", "b
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import msgspec
 
-CHUNK = 1 << 16
+from api.files.jsonl import scan_lines
 
 
 class LineError(msgspec.Struct, frozen=True):
@@ -35,59 +34,30 @@ class RawLine:
 
 class LineReader:
     """Reads lines from a blob stream from a byte offset, remembering where it is. Holds at most
-    one line (capped) in memory, however large the file."""
+    one line (capped at `max_line_bytes`) in memory however large the file, and never joins
+    more of a longer line than its start (api/files/jsonl.py)."""
 
     def __init__(self, stream: BinaryIO, offset: int, line_number: int, max_line_bytes: int) -> None:
         self.stream = stream
         self.offset = offset
         self.line_number = line_number
-        self.max_line_bytes = max_line_bytes
-        self._buffer = b""
-        self._eof = False
+        self._lines = scan_lines(stream, keep=max_line_bytes)
 
-    def _emit(self, data: bytes, consumed: int, too_long: bool = False) -> RawLine:
-        if too_long or consumed > self.max_line_bytes:
-            data, too_long = data[:1024], True
-        self.offset += consumed
-        self.line_number += 1
-        return RawLine(self.line_number, data.rstrip(b"\r\n"), self.offset, too_long)
-
-    def _discard_rest_of_line(self) -> int:
-        consumed = 0
-        while chunk := self.stream.read(CHUNK):
-            newline = chunk.find(b"\n")
-            if newline >= 0:
-                self._buffer = chunk[newline + 1 :]
-                return consumed + newline + 1
-            consumed += len(chunk)
-        self._eof = True
-        return consumed
-
-    def _next_line(self) -> RawLine | None:
-        while True:
-            newline = self._buffer.find(b"\n")
-            if newline >= 0:
-                data, self._buffer = self._buffer[: newline + 1], self._buffer[newline + 1 :]
-                return self._emit(data, len(data))
-            if self._eof:
-                if not self._buffer:
-                    return None
-                data, self._buffer = self._buffer, b""
-                return self._emit(data, len(data))
-            if len(self._buffer) > self.max_line_bytes:
-                prefix, consumed = self._buffer[:1024], len(self._buffer)
-                self._buffer = b""
-                return self._emit(prefix, consumed + self._discard_rest_of_line(), too_long=True)
-            chunk = self.stream.read(CHUNK)
-            self._eof = not chunk
-            self._buffer += chunk
-
-    def read(self, count: int) -> list[RawLine]:
-        """Up to `count` non-blank lines (blank lines are skipped); [] at the end of the file."""
+    def read(self, count: int, max_bytes: int | None = None) -> list[RawLine]:
+        """Up to `count` non-blank lines (blank lines are skipped); [] at the end of the file.
+        With `max_bytes`, no further line is read once the lines read hold that many bytes (at
+        least one line is), so one step of a batch of huge lines holds one or two of them."""
         out: list[RawLine] = []
-        while len(out) < count and (line := self._next_line()) is not None:
-            if line.too_long or line.data.strip():
-                out.append(line)
+        held = 0
+        while len(out) < count and (max_bytes is None or held < max_bytes):
+            line = next(self._lines, None)
+            if line is None:
+                break
+            self.offset += line.size
+            self.line_number += 1
+            if not line.blank:
+                out.append(RawLine(self.line_number, line.data, self.offset, too_long=not line.whole))
+                held += len(line.data)
         return out
 
     def close(self) -> None:
@@ -95,12 +65,8 @@ class LineReader:
 
 
 def count_lines(stream: BinaryIO) -> int:
-    """Non-blank lines of a file, reading it once in chunks."""
-    reader = LineReader(stream, 0, 0, max_line_bytes=1 << 62)
-    total = 0
-    while lines := reader.read(1024):
-        total += len(lines)
-    return total
+    """Non-blank lines of a file, reading it once in chunks (no line is joined)."""
+    return sum(not line.blank for line in scan_lines(stream, keep=0))
 
 
 def parse_line(line: RawLine, endpoint: str, max_line_bytes: int) -> tuple[str, dict[str, Any]] | LineError:
@@ -109,11 +75,12 @@ def parse_line(line: RawLine, endpoint: str, max_line_bytes: int) -> tuple[str, 
     if line.too_long:
         return LineError(line.number, None, "line_too_large", f"the line is larger than {max_line_bytes} bytes")
     try:
-        obj = json.loads(line.data)
-    except json.JSONDecodeError as exc:
-        return LineError(line.number, None, "invalid_json", f"the line is not valid JSON: {exc.msg}")
-    except (ValueError, RecursionError):
-        return LineError(line.number, None, "invalid_json", "the line is not valid JSON")
+        # msgspec, not json: 5x faster on a large line, and the parse holds the GIL throughout.
+        obj = msgspec.json.decode(line.data)
+    except msgspec.MsgspecError as exc:
+        return LineError(line.number, None, "invalid_json", f"the line is not valid JSON: {exc}")
+    except RecursionError:
+        return LineError(line.number, None, "invalid_json", "the line is not valid JSON (nested too deeply)")
     if not isinstance(obj, dict):
         return LineError(line.number, None, "invalid_json", "the line must be a JSON object")
     custom_id = obj.get("custom_id")

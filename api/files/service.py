@@ -1,15 +1,15 @@
 """Files for OpenAI's batch API: uploaded JSONL inputs and the outputs batches write.
 
 Bytes live in the blob store (`files/<id>`); a small record in Redis says what the file is.
-An upload is checked as it is copied (no full copy in memory): not empty, UTF-8, and JSON Lines
-(lines that are not valid JSON are allowed: they become error lines of the batch).
+An upload is checked before it is stored, in chunks (no full copy in memory, no line built whole):
+not empty, UTF-8, and JSON Lines (lines that are not valid JSON are allowed: they become error
+lines of the batch).
 """
 
 from __future__ import annotations
 
-import contextlib
+import codecs
 import io
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +19,7 @@ import anyio.to_thread
 import msgspec
 from redis.asyncio import Redis
 
+from api.files.jsonl import ScannedLine, scan_lines
 from api.files.protocol import FileList, FileObject
 from api.pagination import page_ids
 from shared import keys
@@ -27,36 +28,69 @@ from shared.errors import InvalidRequest, NotFound, PayloadTooLarge
 from shared.settings import Settings
 
 SNIFF_LINES = 100
+SNIFF_PARSE_BYTES = 1 << 20  # lines sniffed longer than this are judged by their start
 
 
-def check_jsonl(stream: BinaryIO, max_bytes: int, max_line_bytes: int = 1 << 62) -> tuple[int, int]:
-    """(bytes, non-empty lines) of a JSONL upload, or the 4xx that explains what is wrong.
+class _CheckedStream:
+    """The upload as `scan_lines` reads it, checked chunk by chunk as it passes: its size (413
+    as soon as it is over, without reading further) and its UTF-8 (decoded incrementally, so a
+    character split across two chunks is fine)."""
 
-    A line over `max_line_bytes` (a batch line's limit, MAX_REQUEST_BYTES) is not parsed to sniff
-    the format: it becomes its own `line_too_large` error row later, and parsing 100 MB of JSON
-    holds the GIL (every request of the process would wait, thread or not)."""
-    size = lines = json_objects = 0
-    for raw in stream:
-        size += len(raw)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"the file is larger than MAX_FILE_BYTES={max_bytes}", param="file")
+    def __init__(self, stream: BinaryIO, max_bytes: int) -> None:
+        self.stream = stream
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+
+    def read(self, size: int) -> bytes:
+        chunk = self.stream.read(size)
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge(f"the file is larger than MAX_FILE_BYTES={self.max_bytes}", param="file")
         try:
-            text = raw.decode("utf-8").strip()
+            self._utf8.decode(chunk, final=not chunk)
         except UnicodeDecodeError:
             raise InvalidRequest(
                 "the file is not UTF-8 text (JSONL expected)", param="file", code="invalid_file"
             ) from None
-        if not text:
+        return chunk
+
+
+def is_json_object(line: ScannedLine) -> bool:
+    """Whether a line sniffed for the format is a JSON object. A line over SNIFF_PARSE_BYTES is
+    judged by its first character: parsing megabytes of JSON holds the GIL (every request of the
+    process waits, thread or not), and a malformed one is its own error row when a batch runs."""
+    start = line.data.lstrip()
+    if not start.startswith(b"{"):
+        return False
+    if not line.whole:
+        return True
+    try:
+        return isinstance(msgspec.json.decode(line.data), dict)
+    except (msgspec.MsgspecError, RecursionError):
+        return False
+
+
+def check_jsonl(stream: BinaryIO, max_bytes: int) -> tuple[int, int]:
+    """(bytes, non-empty lines) of a JSONL upload, or the 4xx that explains what is wrong.
+
+    Read in chunks, never a line at a time: a line may be 100+ MB (see api/files/jsonl.py). The
+    format is sniffed on the first SNIFF_LINES non-blank lines until one is a JSON object (lines
+    that are not are allowed: they become error rows of the batch)."""
+    checked = _CheckedStream(stream, max_bytes)
+    lines = 0
+    found_object = False
+    for line in scan_lines(checked, keep=SNIFF_PARSE_BYTES):
+        if line.blank:
             continue
         lines += 1
-        if lines <= SNIFF_LINES and len(raw) <= max_line_bytes and text.startswith("{"):
-            with contextlib.suppress(ValueError, RecursionError):  # such a line is its own error row later
-                json_objects += isinstance(json.loads(text), dict)
+        if not found_object and lines <= SNIFF_LINES:
+            found_object = is_json_object(line)
     if lines == 0:
         raise InvalidRequest("the file is empty", param="file", code="empty_file")
-    if json_objects == 0:
+    if not found_object:
         raise InvalidRequest("the file is not JSON Lines: no line is a JSON object", param="file", code="invalid_file")
-    return size, lines
+    return checked.size, lines
 
 
 class FileService:
@@ -74,9 +108,7 @@ class FileService:
     async def upload(self, stream: BinaryIO, filename: str, purpose: str) -> FileObject:
         if purpose != "batch":
             raise InvalidRequest(f"purpose must be 'batch' (got {purpose!r})", param="purpose", code="invalid_purpose")
-        size, _ = await anyio.to_thread.run_sync(
-            check_jsonl, stream, self.settings.max_file_bytes, self.settings.max_request_bytes
-        )
+        size, _ = await anyio.to_thread.run_sync(check_jsonl, stream, self.settings.max_file_bytes)
         record = FileObject(
             id=f"file-{uuid.uuid4().hex}",
             bytes=size,

@@ -9,9 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient
 from redis import Redis
 
+from api.batches import advancer
 from shared import keys
 from shared.settings import Settings
 from tests.support.hand_worker import finish_lane_jobs
@@ -82,9 +84,12 @@ async def settled(client: AsyncTestClient, batch_id: str, submitted: int) -> Non
         await asyncio.sleep(0.05)
 
 
-def test_hostile_lines_become_error_rows(redis_server: RedisServer, tmp_path: Path) -> None:
-    """The review's lines (top_k 2**64, a non-ASCII image URL, a body nested 5000 deep) and one
-    that raises inside the expansion: each is its own error row, the other lines run."""
+def test_hostile_lines_become_error_rows(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's lines (top_k 2**64, a non-ASCII image URL, a body nested 5000 deep, a lone
+    surrogate) and one that raises inside the expansion: each is its own error row, the other
+    lines run."""
     hostile = {
         "huge-top-k": line("huge-top-k", chat(1, top_k=18446744073709551616)),
         "non-ascii-url": line(
@@ -100,26 +105,40 @@ def test_hostile_lines_become_error_rows(redis_server: RedisServer, tmp_path: Pa
             },
         ),
         "deep": line("deep", "[" * 5000 + "]" * 5000),
-        # A lone surrogate passes JSON parsing and validation and raises further in (a 500 in
-        # the batch runner's tick, stalling every batch, before lines were isolated).
+        # A lone surrogate raised deep inside the expansion (a 500 in the batch runner's tick,
+        # stalling every batch, before lines were isolated); lines are parsed with msgspec now,
+        # which refuses it as invalid JSON (as the API does), so the row has no custom_id.
         "lone-surrogate": line(
             "lone-surrogate", '{"model": "model", "messages": [{"role": "user", "content": "\\ud800"}]}'
         ),
+        # Whatever else raises inside the expansion: an injected fault, as no known input does.
+        "raises-inside": line("raises-inside", chat(0, user="raise-inside")),
     }
     settings = fresh(redis_server, tmp_path, ALLOW_REMOTE_IMAGES="1")
+    real_build = advancer.build_chat_job
+
+    async def faulty_build(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if request.user == "raise-inside":
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return await real_build(request, *args, **kwargs)
+
+    monkeypatch.setattr(advancer, "build_chat_job", faulty_build)
 
     async def go() -> None:
         async with api_client(settings) as client:
             good = [line(f"ok-{i}", chat(i)) for i in range(4)]
             batch_id = await create_batch(client, good[:2] + list(hostile.values()) + good[2:])
-            await settled(client, batch_id, 8)
+            await settled(client, batch_id, 9)
             finish_lane_jobs(Redis.from_url(settings.redis_url), 4)
             batch = await wait_for(client, batch_id, FINAL)
             assert batch["status"] == "completed", batch
-            assert batch["request_counts"] == {"total": 8, "completed": 4, "failed": 4}
-            errors = {row["custom_id"]: row["error"] for row in await rows_of(client, batch["error_file_id"])}
-            assert set(errors) == {"huge-top-k", "non-ascii-url", "lone-surrogate", None}  # None: the deep line
-            assert [name for name, e in errors.items() if e["code"] == "internal_error"] == ["lone-surrogate"]
+            assert batch["request_counts"] == {"total": 9, "completed": 4, "failed": 5}
+            rows = await rows_of(client, batch["error_file_id"])
+            errors = {row["custom_id"]: row["error"] for row in rows}
+            # None: the deep line and the lone surrogate, not JSON a custom_id can be read from
+            assert set(errors) == {"huge-top-k", "non-ascii-url", "raises-inside", None}
+            assert [row["error"]["code"] for row in rows if row["custom_id"] is None] == ["invalid_json"] * 2
+            assert [name for name, e in errors.items() if e["code"] == "internal_error"] == ["raises-inside"]
             assert len(await rows_of(client, batch["output_file_id"])) == 4
 
     asyncio.run(go())
