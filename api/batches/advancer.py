@@ -373,7 +373,8 @@ class BatchAdvancer:
                 line.number, custom_id, "invalid_request", f"{param}: {message}" if param else message, param
             )
         except ServiceError as exc:
-            return LineError(line.number, custom_id, exc.code or exc.error_type, exc.message, exc.param)
+            code = exc.code or exc.error_type
+            return LineError(line.number, custom_id, code, exc.message, exc.param, exc.status_code, exc.error_type)
         meta = JobMeta(
             model=model,
             created_at=payload.created_at,

@@ -22,6 +22,10 @@ class LineError(msgspec.Struct, frozen=True):
     code: str
     message: str
     param: str | None = None
+    # The HTTP status and error type the same request would have got interactively, when building
+    # its job raised a ServiceError; a 5xx (an image host timing out) is retryable, not the line's fault.
+    status: int | None = None
+    type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,25 @@ def failure_line(job_id: str, custom_id: str | None, status: int, error: dict[st
 
 
 def line_error_line(batch_id: str, error: LineError) -> dict[str, Any]:
+    """The error row of a line that never became a job. A server-side failure (5xx) is answered as
+    a failed request with its status (as `failure_line`), so a client can tell it is worth a retry."""
+    if error.status is not None and error.status >= 500:
+        body = {
+            "message": error.message,
+            "type": error.type or "server_error",
+            "param": error.param,
+            "code": error.code,
+        }
+        return {
+            "id": f"batch_req_{batch_id}_line{error.line}",
+            "custom_id": error.custom_id,
+            "response": {
+                "status_code": error.status,
+                "request_id": f"{batch_id}-{error.line}",
+                "body": {"error": body},
+            },
+            "error": None,
+        }
     return {
         "id": f"batch_req_{batch_id}_line{error.line}",
         "custom_id": error.custom_id,

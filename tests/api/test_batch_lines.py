@@ -124,3 +124,26 @@ def test_output_lines_follow_openais_batch_output_format() -> None:
         "response": None,
         "error": {"code": "invalid_json", "message": "bad", "param": None, "line": 5},
     }
+
+
+def test_a_line_failing_upstream_is_a_retryable_failed_request_not_a_bad_line() -> None:
+    error = LineError(5, "a", "image_fetch_timeout", "slow", "messages[0]", 504, "server_error")
+    assert line_error_line("batch_1", error) == {
+        "id": "batch_req_batch_1_line5",
+        "custom_id": "a",
+        "response": {
+            "status_code": 504,
+            "request_id": "batch_1-5",
+            "body": {
+                "error": {
+                    "message": "slow",
+                    "type": "server_error",
+                    "param": "messages[0]",
+                    "code": "image_fetch_timeout",
+                }
+            },
+        },
+        "error": None,
+    }
+    refused = line_error_line("batch_1", LineError(6, "b", "image_url_blocked", "no", "messages[0]", 400))
+    assert refused["response"] is None and refused["error"]["code"] == "image_url_blocked"

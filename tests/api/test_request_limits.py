@@ -1,6 +1,8 @@
 """The review's parsing attacks, against the real app under uvicorn in a thread (real Redis, no worker needed): each gets
-its 400 before it is rendered or enqueued, and /livez, asked from a second client all along,
-never waits behind it (a stalled event loop would show as a late /livez)."""
+its 400 before it is rendered or enqueued, and /livez, asked from a probe process all along,
+never waits behind it (a stalled event loop would show as a late /livez). The server shares this
+process with the attacking client, so the figures include the client's own work; the same
+attacks against `make run` (tests/e2e/test_attacks_against_make_run.py) measure the server alone."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 
 from api.http_limits import json_items
 from shared.settings_sources import load_settings
-from tests.support.api_thread import api_in_thread, worst_livez_during
+from tests.support.api_thread import api_in_thread, livez_during
 from tests.support.procs import RedisServer
 
 LIVEZ_BOUND_S = 1.0  # the goal is 0.1 s; the bound is generous for a busy shared CPU
@@ -46,12 +48,12 @@ def error_of(response: Any, param: str | None, code: str) -> None:
 def test_a_million_empty_messages_never_reach_the_parser(client: httpx.Client) -> None:
     assert len(MILLION_EMPTY) > 27_000_000
     headers = {"Content-Type": "application/json"}
-    response, worst = worst_livez_during(
-        client.base_url, lambda: client.post("/v1/apply_template", content=MILLION_EMPTY, headers=headers)
+    response, livez = livez_during(
+        str(client.base_url), lambda: client.post("/v1/apply_template", content=MILLION_EMPTY, headers=headers)
     )
-    print(f"/livez worst during 1M empty messages (27.7 MB): {worst * 1000:.1f} ms")
+    print(f"/livez during 1M empty messages (27.7 MB): {livez}")
     error_of(response, None, "too_many_json_items")
-    assert worst < LIVEZ_BOUND_S
+    assert livez.worst < LIVEZ_BOUND_S
 
 
 @pytest.mark.parametrize(
@@ -69,12 +71,12 @@ def test_messages_and_parts_are_bounded(client: httpx.Client, content: list[Any]
 def test_a_28_mb_prompt_is_refused_before_enqueue(client: httpx.Client) -> None:
     body = msgspec.json.encode({"messages": [{"role": "user", "content": [{"type": "text", "text": HUGE_TEXT}]}]})
     headers = {"Content-Type": "application/json"}
-    response, worst = worst_livez_during(
-        client.base_url, lambda: client.post("/v1/chat/completions", content=body, headers=headers)
+    response, livez = livez_during(
+        str(client.base_url), lambda: client.post("/v1/chat/completions", content=body, headers=headers)
     )
-    print(f"/livez worst during a 28 MB chat prompt: {worst * 1000:.1f} ms")
+    print(f"/livez during a 28 MB chat prompt: {livez}")
     error_of(response, "messages", "context_length_exceeded")
-    assert worst < LIVEZ_BOUND_S
+    assert livez.worst < LIVEZ_BOUND_S
     response = client.post("/generate", json={"inputs": HUGE_TEXT})
     error_of(response, "inputs", "context_length_exceeded")
 
@@ -98,9 +100,9 @@ def test_a_120_mb_first_line_of_an_upload_does_not_stall_the_loop(client: httpx.
     huge = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"x":"' + b"y" * 120_000_000 + b'"}}\n'
     small = b'{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":{"messages":[]}}\n'
     files = {"file": ("big.jsonl", huge + small, "application/jsonl")}
-    response, worst = worst_livez_during(
-        client.base_url, lambda: client.post("/v1/files", data={"purpose": "batch"}, files=files)
+    response, livez = livez_during(
+        str(client.base_url), lambda: client.post("/v1/files", data={"purpose": "batch"}, files=files)
     )
-    print(f"/livez worst during a 120 MB first line: {worst * 1000:.1f} ms")
+    print(f"/livez during a 120 MB first line: {livez}")
     assert response.status_code in (200, 413), response.text[:300]
-    assert worst < LIVEZ_BOUND_S
+    assert livez.worst < LIVEZ_BOUND_S

@@ -6,7 +6,8 @@ import base64
 import http.server
 import io
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -39,6 +40,7 @@ def pixel_bomb() -> bytes:
 class ImageHost:
     server: http.server.ThreadingHTTPServer
     routes: dict[str, tuple[int, dict[str, str], bytes]]
+    delays: dict[str, float] = field(default_factory=dict)  # seconds a path waits before answering
 
     @property
     def base(self) -> str:
@@ -47,6 +49,11 @@ class ImageHost:
     def add(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> str:
         self.routes[path] = (status, headers or {"Content-Type": "image/png"}, body)
         return self.base + path
+
+    def slow(self, path: str, body: bytes, delay_s: float) -> str:
+        """A path that answers only after `delay_s` (an image host slower than the fetch deadline)."""
+        self.delays[path] = delay_s
+        return self.add(path, body)
 
     def redirect(self, path: str, location: str) -> str:
         self.routes[path] = (302, {"Location": location}, b"")
@@ -58,20 +65,28 @@ class ImageHost:
 
 def start_image_host() -> ImageHost:
     routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+    delays: dict[str, float] = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             status, headers, body = routes.get(self.path, (404, {}, b"not found"))
-            self.send_response(status)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            time.sleep(delays.get(self.path, 0.0))
+            try:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up first (a slow path)
 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer((HOST_IP, 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = 256  # not 5: many fetches connect at once (a full backlog drops SYNs: 1 s retries)
+
+    server = Server((HOST_IP, 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return ImageHost(server, routes)
+    return ImageHost(server, routes, delays)
