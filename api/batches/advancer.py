@@ -50,9 +50,9 @@ from api.batches.lines import (
     parse_line,
     success_line,
 )
+from api.batches.prejudge import Prejudge, Refused, first_checks, service_error_line
 from api.batches.record import BatchRecord
 from api.batches.service import BatchService
-from api.chat.protocol import ChatCompletionRequest
 from api.chat.service import build_chat_job, completion
 from api.dispatch.dispatcher import Dispatcher
 from api.errors import redis_is_full
@@ -101,8 +101,9 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, BlobStoreUnavailable, OSError, TimeoutError))
 
 
-# A line parsed: (custom_id, body), why it is not a request, or what parsing raised.
-Parsed = tuple[str, dict[str, Any]] | LineError | Exception
+# A line parsed: (custom_id, body), why it is not a request, why its request is refused (judged
+# in the helper process without being parsed here: api/batches/prejudge.py), or what parsing raised.
+Parsed = tuple[str, dict[str, Any]] | LineError | Refused | Exception
 
 
 class BatchAdvancer:
@@ -128,11 +129,15 @@ class BatchAdvancer:
         self.dispatcher = dispatcher
         self.intake = intake
         self.readers: dict[str, LineReader] = {}
+        self.prejudge = Prejudge(settings)
         self._transition = redis.register_script(_TRANSITION)
 
     # --- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
-        await run_forever("batch runner", self._tick, log)
+        try:
+            await run_forever("batch runner", self._tick, log)
+        finally:
+            self.prejudge.close()
 
     async def _tick(self) -> float:
         return 0.02 if await self.tick() else 0.25
@@ -308,14 +313,18 @@ class BatchAdvancer:
 
     async def _parse_each(self, record: BatchRecord, lines: list[RawLine]) -> list[Parsed]:
         """Each line parsed in its own turn of the event loop. Parsing holds the GIL (a thread
-        would not help): one turn per line keeps a step of large lines (up to MAX_REQUEST_BYTES
-        each, and at most about MAX_REQUEST_BYTES of them per step: `_progress`) from stalling
-        every other request behind all of them at once. A 30 MB line costs msgspec ~15 ms."""
+        would not help), so a line over PREJUDGE_BYTES is first judged in the helper process and
+        parsed here only if its request passes the first checks; one turn per line keeps a step
+        of such lines from stalling every other request behind all of them at once."""
         endpoint = record.text("endpoint") or ""
         parsed: list[Parsed] = []
         for line in lines:
             try:
-                parsed.append(parse_line(line, endpoint, self.settings.max_request_bytes))
+                verdict = await self.prejudge.judge(line, endpoint) if self.prejudge.wants(line) else None
+                if verdict is None:  # small, or passed the first checks: parsed here to become a job
+                    parsed.append(parse_line(line, endpoint, self.settings.max_request_bytes))
+                else:
+                    parsed.append(verdict)
             except Exception as exc:  # becomes this line's error row (_expand)
                 parsed.append(exc)
             await asyncio.sleep(0)
@@ -328,7 +337,7 @@ class BatchAdvancer:
             raise parsed
         if isinstance(parsed, LineError):
             return parsed
-        custom_id, body = parsed
+        custom_id, body = (parsed.custom_id, None) if isinstance(parsed, Refused) else parsed
         owners = keys.batch_custom_ids(record.id)
         if not await self.redis.hsetnx(owners, custom_id, line.number):
             first = await self.redis.hget(owners, custom_id)
@@ -342,6 +351,9 @@ class BatchAdvancer:
                 )
         if await anyio.to_thread.run_sync(jobs.exists, self.sync_redis, job_id):
             return job_id
+        if isinstance(parsed, Refused):
+            return parsed.error
+        assert body is not None
         try:
             return await self._submit(record, line, custom_id, body, job_id)
         except Exception as exc:
@@ -355,8 +367,10 @@ class BatchAdvancer:
     async def _submit(
         self, record: BatchRecord, line: RawLine, custom_id: str, body: dict[str, Any], job_id: str
     ) -> str | LineError:
+        request = first_checks(line.number, custom_id, body, self.settings)
+        if isinstance(request, LineError):
+            return request
         try:
-            request = msgspec.convert(body, ChatCompletionRequest)
             payload, model = await build_chat_job(
                 request,
                 self.settings,
@@ -366,15 +380,8 @@ class BatchAdvancer:
                 expires_at=record.number("expires_at"),
                 batch_id=record.id,
             )
-        except msgspec.ValidationError as exc:
-            message, _, where = str(exc).partition(" - at `$.")
-            param = where.rstrip("`") or None
-            return LineError(
-                line.number, custom_id, "invalid_request", f"{param}: {message}" if param else message, param
-            )
         except ServiceError as exc:
-            code = exc.code or exc.error_type
-            return LineError(line.number, custom_id, code, exc.message, exc.param, exc.status_code, exc.error_type)
+            return service_error_line(line.number, custom_id, exc)
         meta = JobMeta(
             model=model,
             created_at=payload.created_at,
