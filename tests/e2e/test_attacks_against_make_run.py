@@ -38,6 +38,8 @@ from tests.support.procs import free_port
 LIVEZ_BOUND_S = 1.0  # the goal is 0.1 s; generous for a shared 2-core machine
 FETCH_TIMEOUT_S = 1.0  # IMAGE_FETCH_TIMEOUT_S: low, so the slow-host attack takes seconds, not minutes
 SLOW_IMAGE_S = FETCH_TIMEOUT_S + 0.5  # the slow host answers just after the fetch deadline
+FETCH_POOL, BATCH_SHARE = 64, 0.5  # the defaults, named: the review's pool of 64 connections
+ONE_BATCH_SHARE = int(FETCH_POOL * BATCH_SHARE) // 2  # api/intake/fetch_shares.py: 16 connections
 HEADER_TIMEOUT_S = 1.0
 REQUEST_TIMEOUT_S = 4.0  # short enough for the SDK case, long enough to tell a disconnect from it
 BATCH_LANE_MAX = 4  # the review put 1,000 jobs in an uncapped lane; a few show the cap
@@ -87,6 +89,8 @@ def service(image_host: ImageHost) -> Iterator[Service]:
         BATCH_LANE_MAX=str(BATCH_LANE_MAX),
         BATCH_QUEUE_DEPTH=str(BATCH_QUEUE_DEPTH),
         IMAGE_FETCH_TIMEOUT_S=str(FETCH_TIMEOUT_S),
+        IMAGE_FETCH_POOL_SIZE=str(FETCH_POOL),
+        IMAGE_FETCH_BATCH_SHARE=str(BATCH_SHARE),
     )
     with httpx.Client(base_url=url, timeout=120) as http:
         yield Service(url, proc, data, redis_url, http)
@@ -384,8 +388,11 @@ def test_slow_image_hosts_in_a_batch_starve_no_interactive_request(service: Serv
     # The review's starvation: one 64-line batch naming 10 slow URLs per line held the whole fetch
     # pool, and every interactive request with a remote image failed (400 image_fetch_timeout).
     # Batch lines now hold only their share of the pool: interactive requests fetching from the
-    # same host meanwhile succeed, and each slow line is a retryable 504 row (not a 400).
+    # same host meanwhile succeed, and each slow line is a retryable 504 row (not a 400). The
+    # host counts the slow fetches it holds at once: one batch's share, never the whole pool (with
+    # this module's lane cap the batch reads 4 lines a step, which unshared would hold ~40 at once).
     fast = image_host.add("/fast.png", image_bytes("PNG", (32, 32)))
+    image_host.holding.peak = 0
     slow = image_bytes("PNG", (32, 32))
     rows = [
         chat_line(
@@ -422,9 +429,12 @@ def test_slow_image_hosts_in_a_batch_starve_no_interactive_request(service: Serv
     batch = wait_batch(service, batch_id, timeout=120)
     print(
         f"slow-host batch done in {time.monotonic() - started:.1f} s; {len(interactive)} interactive requests "
-        f"with a remote image meanwhile, slowest {max((t for _, t in interactive), default=0):.2f} s"
+        f"with a remote image meanwhile, slowest {max((t for _, t in interactive), default=0):.2f} s; "
+        f"at most {image_host.holding.peak} slow fetches at once (one batch's share: {ONE_BATCH_SHARE})"
     )
     assert len(interactive) >= 3, interactive  # the batch was fetching while they ran
+    # The share is exact in the API; the host may briefly count a fetch the API already dropped.
+    assert ONE_BATCH_SHARE // 2 <= image_host.holding.peak <= ONE_BATCH_SHARE * 2
     assert (batch["status"], batch["request_counts"]) == ("completed", {"total": 64, "completed": 0, "failed": 64})
     rows_out = rows_of(service, batch["error_file_id"])
     assert sorted(row["custom_id"] for row in rows_out) == sorted(f"slow-{n}" for n in range(64))

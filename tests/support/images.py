@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import select
 import threading
-import time
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -37,10 +37,29 @@ def pixel_bomb() -> bytes:
 
 
 @dataclass
+class Holding:
+    """Requests to slow paths the host holds open now, and the most it has held at once."""
+
+    now: int = 0
+    peak: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+@dataclass
 class ImageHost:
     server: http.server.ThreadingHTTPServer
     routes: dict[str, tuple[int, dict[str, str], bytes]]
     delays: dict[str, float] = field(default_factory=dict)  # seconds a path waits before answering
+    holding: Holding = field(default_factory=Holding)
 
     @property
     def base(self) -> str:
@@ -66,11 +85,21 @@ class ImageHost:
 def start_image_host() -> ImageHost:
     routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
     delays: dict[str, float] = {}
+    holding = Holding()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             status, headers, body = routes.get(self.path, (404, {}, b"not found"))
-            time.sleep(delays.get(self.path, 0.0))
+            if self.path in delays:
+                holding.enter()
+                try:
+                    # Wait out the delay, unless the client hangs up first (its socket turns
+                    # readable: it has nothing more to send but its EOF).
+                    gave_up = select.select([self.connection], [], [], delays[self.path])[0]
+                finally:
+                    holding.leave()
+                if gave_up:
+                    return
             try:
                 self.send_response(status)
                 for key, value in headers.items():
@@ -89,4 +118,4 @@ def start_image_host() -> ImageHost:
 
     server = Server((HOST_IP, 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return ImageHost(server, routes, delays)
+    return ImageHost(server, routes, delays, holding)
