@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -384,6 +385,11 @@ def test_a_120_mb_first_line_of_an_upload(service: Service) -> None:
     assert reply.status_code == 200, reply.text[:300]
 
 
+def sample_every(interval_s: float, sample: Any, stop: threading.Event) -> None:
+    while not stop.wait(interval_s):
+        sample()
+
+
 def test_slow_image_hosts_in_a_batch_starve_no_interactive_request(service: Service, image_host: ImageHost) -> None:
     # The review's starvation: one 64-line batch naming 10 slow URLs per line held the whole fetch
     # pool, and every interactive request with a remote image failed (400 image_fetch_timeout).
@@ -419,22 +425,34 @@ def test_slow_image_hosts_in_a_batch_starve_no_interactive_request(service: Serv
     while service.http.get(f"/v1/batches/{batch_id}").json()["status"] == "validating":
         time.sleep(0.05)
     started = time.monotonic()
+    held: list[int] = []  # slow fetches the host holds, sampled every 20 ms
+    sampling = threading.Event()
+    sampler = threading.Thread(target=sample_every, args=(0.02, lambda: held.append(image_host.holding.now), sampling))
+    sampler.start()
     interactive: list[tuple[int, float]] = []
-    while service.http.get(f"/v1/batches/{batch_id}").json()["status"] == "in_progress":
-        asked = time.monotonic()
-        reply = service.http.post("/v1/chat/completions", json={"messages": with_image(fast), "max_tokens": 2})
-        interactive.append((reply.status_code, time.monotonic() - asked))
-        assert reply.status_code == 200, reply.text
-        time.sleep(0.2)
+    try:
+        while service.http.get(f"/v1/batches/{batch_id}").json()["status"] == "in_progress":
+            asked = time.monotonic()
+            reply = service.http.post("/v1/chat/completions", json={"messages": with_image(fast), "max_tokens": 2})
+            interactive.append((reply.status_code, time.monotonic() - asked))
+            assert reply.status_code == 200, reply.text
+            time.sleep(0.2)
+    finally:
+        sampling.set()
+        sampler.join()
     batch = wait_batch(service, batch_id, timeout=120)
+    held.sort()
+    p50, p90 = held[len(held) // 2], held[len(held) * 9 // 10]
     print(
         f"slow-host batch done in {time.monotonic() - started:.1f} s; {len(interactive)} interactive requests "
         f"with a remote image meanwhile, slowest {max((t for _, t in interactive), default=0):.2f} s; "
-        f"at most {image_host.holding.peak} slow fetches at once (one batch's share: {ONE_BATCH_SHARE})"
+        f"slow fetches held at once: median {p50}, p90 {p90}, peak {image_host.holding.peak} "
+        f"(one batch's share: {ONE_BATCH_SHARE})"
     )
     assert len(interactive) >= 3, interactive  # the batch was fetching while they ran
-    # The share is exact in the API; the host may briefly count a fetch the API already dropped.
-    assert ONE_BATCH_SHARE // 2 <= image_host.holding.peak <= ONE_BATCH_SHARE * 2
+    # The share is exact in the API; the host may count a fetch the API already dropped for a
+    # moment, so the bound allows half a share more (unshared, this batch holds ~40 at once).
+    assert p50 >= ONE_BATCH_SHARE // 2 and p90 <= ONE_BATCH_SHARE * 3 // 2, (p50, p90)
     assert (batch["status"], batch["request_counts"]) == ("completed", {"total": 64, "completed": 0, "failed": 64})
     rows_out = rows_of(service, batch["error_file_id"])
     assert sorted(row["custom_id"] for row in rows_out) == sorted(f"slow-{n}" for n in range(64))
