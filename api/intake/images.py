@@ -95,7 +95,20 @@ class ImageIntake:
         """
         self.check_refs(refs)
         slots = asyncio.Semaphore(self.settings.image_fetch_per_request)
-        probed = await asyncio.gather(*(self._load(ref, slots, batch_id) for ref in refs))
+        # Not a plain gather: when one image fails the request has failed, and its other fetches
+        # are cancelled at once instead of holding pool connections (and a batch's share of the
+        # pool) until their own deadlines. The first failure is the request's answer.
+        loads = [asyncio.ensure_future(self._load(ref, slots, batch_id)) for ref in refs]
+        try:
+            await asyncio.wait(loads, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for load in loads:
+                load.cancel()  # a no-op on those that ended; also runs when this request is cancelled
+        await asyncio.gather(*loads, return_exceptions=True)  # let the cancelled ones unwind
+        for load in loads:
+            if not load.cancelled() and (error := load.exception()) is not None:
+                raise error
+        probed = [load.result() for load in loads]
         self._check_budget(refs, [pixels for _, pixels in probed])
         stored = (anyio.to_thread.run_sync(put_image, self.store, data, self.retention) for data, _ in probed)
         return list(await asyncio.gather(*stored))

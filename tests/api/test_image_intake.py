@@ -17,7 +17,7 @@ from api.intake.remote_fetch import RemoteImageFetcher
 from shared.blob_local import LocalBlobStore
 from shared.errors import ServiceError
 from shared.settings_sources import load_settings
-from tests.support.images import ALLOW_NETWORK, HOST_IP, data_url, image_bytes
+from tests.support.images import ALLOW_NETWORK, HOST_IP, data_url, image_bytes, start_image_host
 
 
 def strip_png(width: int, height: int) -> bytes:
@@ -124,3 +124,35 @@ def test_one_request_fetches_at_most_its_share_of_images_at_once(tmp_path: Path)
     finally:
         server.shutdown()
     assert CountingHost.most == 2  # 10 slow URLs in one request no longer take 10 connections
+
+
+def test_a_failed_image_cancels_the_requests_other_fetches(tmp_path: Path) -> None:
+    """One image of a request fails at once: the request has failed, so its fetch of a slow image is
+    dropped then, not held (a pool connection, a batch's share) until its own deadline."""
+    host = start_image_host()
+    slow = host.slow("/slow.png", image_bytes(), delay_s=120)
+    missing = f"{host.base}/missing.png"  # 404 at once
+    settings = load_settings(environ={"IMAGE_FETCH_ALLOW_NETWORKS": ALLOW_NETWORK, "IMAGE_FETCH_TIMEOUT_S": "120"})
+
+    async def run() -> int:
+        fetcher = RemoteImageFetcher(settings)
+        try:
+            intake = ImageIntake(settings, LocalBlobStore(tmp_path / "blobs"), fetcher)
+            refs = [ImageRef(slow, "messages[0].content[0]"), ImageRef(missing, "messages[0].content[1]")]
+            with pytest.raises(ServiceError) as failed:
+                await intake.store_all(refs)
+            assert failed.value.param == "messages[0].content[1]"  # the image that failed, not a cancellation
+            # The event loop is still running here, as it is in the API after an answer.
+            for _ in range(100):
+                if host.holding.now == 0:
+                    break
+                await asyncio.sleep(0.1)
+            return host.holding.now
+        finally:
+            await fetcher.close()
+
+    try:
+        assert asyncio.run(run()) == 0, "the slow fetch was still held after its request had failed"
+        assert host.holding.peak == 1  # it had started
+    finally:
+        host.stop()
