@@ -100,7 +100,8 @@ class ImageIntake:
         # pool) until their own deadlines. The first failure is the request's answer.
         loads = [asyncio.ensure_future(self._load(ref, slots, batch_id)) for ref in refs]
         try:
-            await asyncio.wait(loads, return_when=asyncio.FIRST_EXCEPTION)
+            if loads:  # asyncio.wait refuses an empty set (a request with no images)
+                await asyncio.wait(loads, return_when=asyncio.FIRST_EXCEPTION)
         finally:
             for load in loads:
                 load.cancel()  # a no-op on those that ended; also runs when this request is cancelled

@@ -156,3 +156,7 @@ def test_a_failed_image_cancels_the_requests_other_fetches(tmp_path: Path) -> No
         assert host.holding.peak == 1  # it had started
     finally:
         host.stop()
+
+
+def test_a_request_without_images_stores_none(tmp_path: Path) -> None:
+    assert store(tmp_path, []) == []
