@@ -46,15 +46,15 @@ def body(i: int, tokens: int, image: str | None = None, **extra: Any) -> dict[st
 @dataclass(frozen=True)
 class Shape:
     """What every request of a run carries besides its text and length: `extra` fields (see
-    `body`), fields that depend on the request's length (`per_tokens`), and `images` (data URLs;
-    request i takes images[i % len(images)])."""
+    `body`), fields that depend on the request's length (`per_tokens`), and an image if `image`
+    is set (called once per request: a data URL)."""
 
     extra: dict[str, Any] = field(default_factory=dict)
-    images: tuple[str, ...] = ()
+    image: Callable[[], str] | None = None
     per_tokens: Callable[[int], dict[str, Any]] | None = None
 
     def body(self, i: int, tokens: int, **more: Any) -> dict[str, Any]:
-        image = self.images[i % len(self.images)] if self.images else None
+        image = self.image() if self.image else None
         sized = self.per_tokens(tokens) if self.per_tokens else {}
         return body(i, tokens, image, **{**self.extra, **sized, **more})
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import itertools
 import json
 import os
 import statistics
@@ -91,15 +92,24 @@ def peer_min_tokens(folder: Path, continuous: bool) -> Callable[[int], dict[str,
     return fields
 
 
-def jpeg_urls(n: int, seed: int = 0) -> tuple[str, ...]:
-    """`n` distinct noise JPEGs as data URLs (distinct, so no side gains from a cache)."""
-    rng = np.random.default_rng(seed)
-    urls = []
-    for _ in range(n):
+class UniqueJpegs:
+    """A data URL of a JPEG per call, each different: one noise image with a comment segment
+    naming the call inserted after its start marker. The pixels are the same, but neither side
+    can tell without decoding: this service's decoded-image cache is keyed by the file's digest,
+    so every request costs it an image decode, as it costs the peer (which has no cache)."""
+
+    def __init__(self, size: tuple[int, int] = IMAGE_SIZE, seed: int = 0) -> None:
         buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (IMAGE_SIZE[1], IMAGE_SIZE[0], 3), dtype=np.uint8)).save(buf, "JPEG")
-        urls.append("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
-    return tuple(urls)
+        pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, "JPEG")
+        self.jpeg = buf.getvalue()
+        self.calls = itertools.count()
+
+    def __call__(self) -> str:
+        comment = f"omega benchmark image {next(self.calls)}".encode()
+        segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment  # COM, length, text
+        data = self.jpeg[:2] + segment + self.jpeg[2:]
+        return "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 
 def measure(url: str, shape: mixed.Shape, counts: Counts) -> dict[str, float]:
@@ -230,8 +240,8 @@ def report(
         "",
         *table("demo LLaVA (VLM), an image per request", vlm_p, vlm_s),
         "",
-        f"Each request carries its own {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} noise JPEG as an OpenAI `image_url` "
-        f"data URL. The peer on the VLM: {notes['vlm']}",
+        f"Each request carries a {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} noise JPEG as an OpenAI `image_url` data URL, a "
+        "different file each time (no side gains from a cache). The peer on the VLM: " + notes["vlm"],
         "",
         f"**VLM: a 4-token request beside long ones, p50, is {vlm_p['short50'] / vlm_s['short50']:.1f}x faster "
         f"here than on the peer** (target at least 10x; p99 {vlm_p['short99'] / vlm_s['short99']:.1f}x); "
@@ -271,8 +281,8 @@ def run(
     counts = Counts.of(quick)
     data = ROOT / ".omega" / "bench"
     models = {
-        "text": (ensure_family_model(FAMILIES["llama"], data / "families"), ()),
-        "vlm": (ensure_demo_model(data / "demo-model"), jpeg_urls(256)),
+        "text": (ensure_family_model(FAMILIES["llama"], data / "families"), None),
+        "vlm": (ensure_demo_model(data / "demo-model"), UniqueJpegs()),
     }
     # transformers 5.24 batches continuously for text-only models only (the VLM: see peer_behaviour).
     continuous = {"text": True, "vlm": False}
@@ -286,7 +296,7 @@ def run(
             try:
                 service.start_worker(MAX_BATCH_SIZE=str(batch), ENGINE="continuous")
                 with peer_server(folder, deps, log) as peer_url:
-                    shape = mixed.Shape(images=images)
+                    shape = mixed.Shape(image=images)
                     peer_shape = mixed.Shape({"model": str(folder)}, images, peer_min_tokens(folder, continuous[name]))
                     for k in range(rounds):
                         for side, url, side_shape in ((PEER, peer_url, peer_shape), (SERVICE, service.url, shape)):
