@@ -313,7 +313,8 @@ def run(
 def write(deps: Path, quick: bool, rounds: int, out: Path, command: str, batch: int = 8) -> list[str]:
     started = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     results, notes = run(deps, quick, rounds, batch)
-    lines = report(results, notes, command, Counts.of(quick), rounds, started, batch)
+    ended = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines = report(results, notes, command, Counts.of(quick), rounds, f"{started} at the start, {ended} at the end", batch)
     out.write_text("\n".join(lines) + "\n")
     return lines
 
