@@ -186,12 +186,20 @@ ROWS = (
 )
 
 
-def table(title: str, peer: dict[str, float], ours: dict[str, float]) -> list[str]:
+Spread = dict[str, tuple[float, float]]  # figure -> lowest and highest per-round ratio
+
+
+def table(title: str, peer: dict[str, float], ours: dict[str, float], spread: Spread | None = None) -> list[str]:
+    """Medians side by side; with several rounds, the range of the rounds' own ratios (each
+    round's service figure over the peer's measured just before it) in brackets."""
     lines = [f"| {title} | {PEER} | {SERVICE} | this service / peer |", "|---|---|---|---|"]
     for label, key in ROWS:
         tokens = key in ("prompt", "long_tps", "uniform")
         shown = (f"{peer[key]:.0f}", f"{ours[key]:.0f}") if tokens else (f"{peer[key] * 1000:.1f} ms", f"{ours[key] * 1000:.1f} ms")
-        lines.append(f"| {label} | {shown[0]} | {shown[1]} | {ours[key] / peer[key]:.2f} |")
+        ratio = f"{ours[key] / peer[key]:.2f}"
+        if spread and key != "prompt":
+            ratio += f" ({spread[key][0]:.2f} to {spread[key][1]:.2f})"
+        lines.append(f"| {label} | {shown[0]} | {shown[1]} | {ratio} |")
     return lines
 
 
@@ -203,6 +211,7 @@ def report(
     rounds: int,
     load: str,
     batch: int = 8,
+    spreads: dict[str, Spread] | None = None,
 ) -> list[str]:
     text_p, text_s = results["text"][PEER], results["text"][SERVICE]
     vlm_p, vlm_s = results["vlm"][PEER], results["vlm"][SERVICE]
@@ -212,7 +221,13 @@ def report(
         if batch < 17
         else f"MAX_BATCH_SIZE={batch} leaves a slot for every request"
     )
-    runs = f"the median of {rounds} rounds, peer and service alternating" if rounds > 1 else "one round"
+    runs = (
+        f"the median of {rounds} rounds, peer and service alternating (in brackets: the lowest and highest "
+        "of the rounds' own ratios)"
+        if rounds > 1
+        else "one round"
+    )
+    spreads = spreads or {}
     return [
         f"Command: `{command}`",
         "",
@@ -227,7 +242,7 @@ def report(
         f"{counts.probes} streamed {mixed.TTFT_TOKENS}-token requests under each load; {counts.uniform} requests "
         "for the uniform load.",
         "",
-        *table("Llama (text), tiny", text_p, text_s),
+        *table("Llama (text), tiny", text_p, text_s, spreads.get("text")),
         "",
         f"The peer on the text model: {notes['text']}",
         "",
@@ -238,7 +253,7 @@ def report(
         f"4-token request {text_s['idle'] / text_p['idle']:.2f}x and streaming time to first token "
         f"{text_s['ttft'] / text_p['ttft']:.2f}x the peer's (target at most 1.5x).",
         "",
-        *table("demo LLaVA (VLM), an image per request", vlm_p, vlm_s),
+        *table("demo LLaVA (VLM), an image per request", vlm_p, vlm_s, spreads.get("vlm")),
         "",
         f"Each request carries a {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} noise JPEG as an OpenAI `image_url` data URL, a "
         "different file each time (no side gains from a cache). The peer on the VLM: " + notes["vlm"],
@@ -275,7 +290,7 @@ def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 def run(
     deps: Path, quick: bool, rounds: int, batch: int = 8
-) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str]]:
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str], dict[str, Spread]]:
     import transformers
 
     counts = Counts.of(quick)
@@ -287,6 +302,7 @@ def run(
     # transformers 5.24 batches continuously for text-only models only (the VLM: see peer_behaviour).
     continuous = {"text": True, "vlm": False}
     results: dict[str, dict[str, dict[str, float]]] = {}
+    spreads: dict[str, Spread] = {}
     notes = {"version": transformers.__version__}
     with tempfile.TemporaryDirectory(prefix="omega-peer-") as tmp:
         for name, (folder, images) in models.items():
@@ -306,15 +322,18 @@ def run(
             finally:
                 service.stop()
             results[name] = {side: median_of(values) for side, values in per_round.items()}
+            ratios = [{k: ours[k] / theirs[k] for k in ours} for ours, theirs in zip(per_round[SERVICE], per_round[PEER], strict=True)]
+            spreads[name] = {k: (min(r[k] for r in ratios), max(r[k] for r in ratios)) for k in ratios[0]}
             notes[name] = peer_behaviour(log.read_text())
-    return results, notes
+    return results, notes, spreads
 
 
 def write(deps: Path, quick: bool, rounds: int, out: Path, command: str, batch: int = 8) -> list[str]:
     started = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    results, notes = run(deps, quick, rounds, batch)
+    results, notes, spreads = run(deps, quick, rounds, batch)
     ended = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    lines = report(results, notes, command, Counts.of(quick), rounds, f"{started} at the start, {ended} at the end", batch)
+    load = f"{started} at the start, {ended} at the end"
+    lines = report(results, notes, command, Counts.of(quick), rounds, load, batch, spreads if rounds > 1 else None)
     out.write_text("\n".join(lines) + "\n")
     return lines
 

@@ -148,8 +148,11 @@ def test_peer_report_names_every_figure_and_target() -> None:
     side = {key: 0.01 + i / 1000 for i, key in enumerate(keys)}
     results = {model: {peer.PEER: side, peer.SERVICE: {k: v / 2 for k, v in side.items()}} for model in ("text", "vlm")}
     notes = {"version": "5.24.0", "text": peer.peer_behaviour(""), "vlm": peer.peer_behaviour("X does not support continuous batching.")}
-    text = "\n".join(peer.report(results, notes, "python -m benchmarks.peer --peer-path DIR", peer.Counts.of(True), 1, "1.0"))
+    spreads = {model: {key: (0.4, 0.6) for key in keys} for model in ("text", "vlm")}
+    command = "python -m benchmarks.peer --peer-path DIR"
+    text = "\n".join(peer.report(results, notes, command, peer.Counts.of(True), 3, "1.0", 8, spreads))
     assert "Command: `python -m benchmarks.peer --peer-path DIR`" in text
+    assert text.count("| 0.50 (0.40 to 0.60) |") == 2 * (len(keys) - 1)  # every timed figure, both models
     assert "{" not in text and "}" not in text
     for label, _ in peer.ROWS:
         assert text.count(f"| {label} |") == 2, label
