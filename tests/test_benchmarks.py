@@ -42,6 +42,9 @@ def test_redis_scale_reports_admission_and_bookkeeping_rates() -> None:
     assert number(out, r"memory per finished job: \*\*([\d.]+) KiB") > 0
 
 
+# The suite's 300 s per-test limit is below this run's own (900 s): on a machine shared by several
+# test runs it took 270-310 s, so the limit here is the subprocess's.
+@pytest.mark.timeout(900)
 def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     run_module("benchmarks.run", "--quick", "--out", str(out), timeout=900)
