@@ -56,5 +56,19 @@ supported-models: setup
 bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
+# The issue-10 peer, `transformers serve`, beside this service (benchmarks/peer.py, written to
+# benchmarks/peer_results.md, which BENCHMARKS.md includes). What it needs beyond the project's
+# environment goes into PEER_DEPS with pip --target, never into the venv; the pins are the versions
+# it was measured with. PEER_ARGS: e.g. --rounds 3, --quick.
+.PHONY: bench-peer
+PEER_DEPS ?= .omega/peer-deps
+PEER_PACKAGES ?= fastapi==0.165.0 starlette==1.10.0 accelerate==1.15.0 opentelemetry-api==1.45.2 psutil==7.2.2
+$(PEER_DEPS)/.installed:
+	$(PY) -m pip install --no-deps --target $(PEER_DEPS) $(PEER_PACKAGES)
+	touch $@
+
+bench-peer: setup $(PEER_DEPS)/.installed
+	$(PY) -m benchmarks.peer --peer-path $(PEER_DEPS) $(PEER_ARGS)
+
 clean:
 	rm -rf $(VENV) .omega .pytest_cache .mypy_cache .ruff_cache

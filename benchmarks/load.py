@@ -11,6 +11,7 @@ JSON body, answered with a Content-Length body).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ except ImportError:  # pragma: no cover
     _run = asyncio.run
 
 
+# The first SSE chunk that carries generated text (a role-only chunk has "content":"" or null).
+_CONTENT = re.compile(rb'"content": ?"[^"]')
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -35,6 +40,14 @@ class Reply:
 
     def json(self) -> Any:
         return msgspec.json.decode(self.body)
+
+
+@dataclass(frozen=True)
+class Streamed:
+    status: int
+    body: bytes  # the event stream as received
+    first_content: float | None  # seconds to the first chunk with generated text
+    seconds: float
 
 
 class Connection:
@@ -62,6 +75,34 @@ class Connection:
         length = next(int(v) for k, _, v in (line.partition(":") for line in lines[1:]) if k.lower() == "content-length")
         payload = await self.reader.readexactly(length)
         return Reply(status, payload, time.perf_counter() - started)
+
+    async def stream(self, path: str, body: bytes) -> Streamed:
+        """POST a streaming request and read its chunked SSE answer to the end, noting when the
+        first chunk with generated text arrived."""
+        started = time.perf_counter()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if headers.get("transfer-encoding", "").lower() != "chunked":  # an error answer, not a stream
+            payload = await self.reader.readexactly(int(headers.get("content-length", "0")))
+            return Streamed(status, payload, None, time.perf_counter() - started)
+        first: float | None = None
+        received = bytearray()
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await self.reader.readuntil(b"\r\n")  # the empty trailer
+                break
+            received += (await self.reader.readexactly(size + 2))[:-2]
+            if first is None and _CONTENT.search(received):
+                first = time.perf_counter() - started
+        return Streamed(status, bytes(received), first, time.perf_counter() - started)
 
     async def close(self) -> None:
         self.writer.close()

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 import numpy as np
 
@@ -25,11 +24,17 @@ LONG_TOKENS = 256
 MIXED_LENGTHS = (4, 16, 64, 256)
 
 
-def body(i: int, tokens: int, **extra: Any) -> dict[str, Any]:
-    """A chat request of `tokens` new tokens; an `extra` key set to None is left out (the peer
-    rejects fields it does not know, min_tokens among them)."""
+def body(i: int, tokens: int, image: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A chat request of `tokens` new tokens, with `image` (a data URL, as OpenAI's `image_url`
+    part, which the peer reads too) before its text if given; an `extra` key set to None is left
+    out (the peer rejects fields it does not know, min_tokens among them)."""
+    text = f"benchmark request number {i}"
+    content: Any = text if image is None else [
+        {"type": "image_url", "image_url": {"url": image}},
+        {"type": "text", "text": text},
+    ]
     fields = {
-        "messages": [{"role": "user", "content": f"benchmark request number {i}"}],
+        "messages": [{"role": "user", "content": content}],
         "max_tokens": tokens,
         "min_tokens": tokens,
         "temperature": 0,
@@ -39,15 +44,36 @@ def body(i: int, tokens: int, **extra: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """What every request of a run carries besides its text and length: `extra` fields (see
+    `body`), fields that depend on the request's length (`per_tokens`), and an image if `image`
+    is set (called once per request: a data URL)."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    image: Callable[[], str] | None = None
+    per_tokens: Callable[[int], dict[str, Any]] | None = None
+
+    def body(self, i: int, tokens: int, **more: Any) -> dict[str, Any]:
+        image = self.image() if self.image else None
+        sized = self.per_tokens(tokens) if self.per_tokens else {}
+        return body(i, tokens, image, **{**self.extra, **sized, **more})
+
+    def encoded(self, i: int, tokens: int, **more: Any) -> bytes:
+        return msgspec.json.encode(self.body(i, tokens, **more))
+
+
+TEXT = Shape()
+PATH = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
 class Mixed:
     short: list[float]  # seconds, each short request's latency at the client
     long: list[float]
     long_tokens_per_s: float
 
 
-def mixed(
-    url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 10, extra: dict[str, Any] | None = None
-) -> Mixed:
+def mixed(url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 10, shape: Shape = TEXT) -> Mixed:
     """`long_clients` connections send LONG_TOKENS requests back to back; meanwhile `n_short`
     SHORT_TOKENS requests arrive at exponential gaps of mean `gap_s` (fixed seed), each on a
     connection of its own."""
@@ -62,19 +88,18 @@ def mixed(
         try:
             i = 0
             while not done.is_set():
-                reply = await conn.post(
-                    "/v1/chat/completions", msgspec.json.encode(body(1000 * k + i, LONG_TOKENS, **(extra or {})))
-                )
+                reply = await conn.post(PATH, shape.encoded(1000 * k + i, LONG_TOKENS))
+                assert reply.status == 200, reply.body
                 long.append(reply.seconds)
                 tokens.append(int(reply.json()["usage"]["completion_tokens"]))
                 i += 1
         finally:
             await conn.close()
 
-    async def one_short(i: int) -> None:
+    async def one_short(i: int, request: bytes) -> None:
         conn = await load.Connection.open(url)
         try:
-            reply = await conn.post("/v1/chat/completions", msgspec.json.encode(body(i, SHORT_TOKENS, **(extra or {}))))
+            reply = await conn.post(PATH, request)
             assert reply.status == 200, reply.body
             short.append(reply.seconds)
         finally:
@@ -86,8 +111,9 @@ def mixed(
         await asyncio.sleep(0.3)  # the long rows are decoding when the first short one arrives
         shorts = []
         for i, gap in enumerate(gaps):
+            request = shape.encoded(i, SHORT_TOKENS)
             await asyncio.sleep(float(gap))
-            shorts.append(asyncio.create_task(one_short(i)))
+            shorts.append(asyncio.create_task(one_short(i, request)))
         await asyncio.gather(*shorts)
         done.set()
         await asyncio.gather(*longs)
@@ -97,37 +123,74 @@ def mixed(
     return Mixed(short, long, sum(tokens) / wall)
 
 
-def idle(url: str, n: int, extra: dict[str, Any] | None = None) -> list[float]:
+def idle(url: str, n: int, shape: Shape = TEXT) -> list[float]:
     """One SHORT_TOKENS request at a time on an idle service."""
-    bodies = [body(i, SHORT_TOKENS, **(extra or {})) for i in range(n)]
-    return [r.seconds for r in load.sequential(url, "/v1/chat/completions", bodies)]
+    replies = load.sequential(url, PATH, [shape.body(i, SHORT_TOKENS) for i in range(n)])
+    assert all(r.status == 200 for r in replies), replies[0].body
+    return [r.seconds for r in replies]
 
 
-def throughput(url: str, total: int, clients: int, lengths: tuple[int, ...]) -> float:
+def throughput(url: str, total: int, clients: int, lengths: tuple[int, ...], shape: Shape = TEXT) -> float:
     """Output tokens/s of `clients` connections sending `total` requests; request i asks for
     lengths[i % len(lengths)] tokens."""
-    wall, replies = load.concurrent(
-        url, "/v1/chat/completions", total, clients, lambda i: body(i, lengths[i % len(lengths)])
-    )
+    wall, replies = load.concurrent(url, PATH, total, clients, lambda i: shape.body(i, lengths[i % len(lengths)]))
+    assert all(r.status == 200 for r in replies), replies[0].body
     tokens: int = sum(r.json()["usage"]["completion_tokens"] for r in replies)
     return tokens / wall
 
 
-def ttft(url: str, n: int, extra: dict[str, Any] | None = None) -> list[float]:
-    """Seconds to the first content chunk of a streamed 32-token answer, one request at a time."""
-    out = []
-    with httpx.Client(base_url=url, timeout=600) as client:
-        for i in range(n):
-            started = time.perf_counter()
-            with client.stream("POST", "/v1/chat/completions", json=body(i, 32, stream=True, **(extra or {}))) as r:
-                lines = r.iter_lines()
-                for line in lines:
-                    if '"content":"' in line and '"content":""' not in line:
-                        out.append(time.perf_counter() - started)
-                        break
-                for _ in lines:
-                    pass
-    return out
+TTFT_TOKENS = 32
+
+
+def ttft(url: str, n: int, shape: Shape = TEXT) -> list[float]:
+    """Seconds to the first content chunk of a streamed TTFT_TOKENS answer, one request at a time
+    on an idle service (the lean client's streaming reader, as under load below)."""
+    return ttft_under_load(url, n, 0, 0, shape)
+
+
+def ttft_under_load(
+    url: str, n: int, load_clients: int, load_tokens: int, shape: Shape = TEXT, gap_s: float = 0.05, seed: int = 11
+) -> list[float]:
+    """Streaming time to first token while a load runs: `load_clients` connections send
+    `load_tokens`-token requests back to back (not streamed), and `n` streamed TTFT_TOKENS requests
+    are sent one after another on a connection of their own, each after an exponential pause of
+    mean `gap_s` (fixed seed), so they arrive at random points of the running rows' decoding.
+    With no load clients this is the idle time to first token."""
+    pauses = np.random.default_rng(seed).exponential(gap_s, n) if load_clients else np.zeros(n)
+    firsts: list[float] = []
+    done = asyncio.Event()
+
+    async def loader(k: int) -> None:
+        conn = await load.Connection.open(url)
+        try:
+            i = 0
+            while not done.is_set():
+                reply = await conn.post(PATH, shape.encoded(100_000 * (k + 1) + i, load_tokens))
+                assert reply.status == 200, reply.body
+                i += 1
+        finally:
+            await conn.close()
+
+    async def go() -> None:
+        loaders = [asyncio.create_task(loader(k)) for k in range(load_clients)]
+        if loaders:
+            await asyncio.sleep(0.3)  # the load's rows are decoding when the first probe arrives
+        conn = await load.Connection.open(url)
+        try:
+            for i, pause in enumerate(pauses):
+                request = shape.encoded(i, TTFT_TOKENS, stream=True)
+                await asyncio.sleep(float(pause))
+                reply = await conn.stream(PATH, request)
+                assert reply.status == 200, reply.body[:2000]
+                assert reply.first_content is not None, reply.body[:2000]
+                firsts.append(reply.first_content)
+        finally:
+            await conn.close()
+            done.set()
+            await asyncio.gather(*loaders)
+
+    load._run(go())
+    return firsts
 
 
 def _p(values: list[float], q: float) -> float:
@@ -136,19 +199,23 @@ def _p(values: list[float], q: float) -> float:
 
 def compare(start_worker: Callable[..., None], url: str, quick: bool) -> list[str]:
     """The report's table: each figure for ENGINE=static and ENGINE=continuous, and their ratio."""
-    n_idle, n_short, total = (8, 15, 32) if quick else (30, 60, 96)
+    n_idle, n_short, total, n_probe = (6, 12, 32, 4) if quick else (30, 60, 96, 20)
     figures: dict[str, dict[str, float]] = {}
     for engine in ("static", "continuous"):
         start_worker(MAX_BATCH_SIZE="8", ENGINE=engine)
         idle(url, 3)  # warm-up
         alone = idle(url, n_idle)
         first = ttft(url, n_idle)
+        beside_long = ttft_under_load(url, n_probe, 4, LONG_TOKENS)
+        beside_uniform = ttft_under_load(url, n_probe, 16, 32)
         run = mixed(url, n_short, gap_s=0.03, long_clients=4)
         uniform = throughput(url, total, 16, (32,))
         lengths = throughput(url, total, 16, MIXED_LENGTHS)
         figures[engine] = {
             "idle": _p(alone, 50),
             "ttft": _p(first, 50),
+            "ttft_long": _p(beside_long, 50),
+            "ttft_uniform": _p(beside_uniform, 50),
             "short50": _p(run.short, 50),
             "short99": _p(run.short, 99),
             "long50": _p(run.long, 50),
@@ -160,6 +227,8 @@ def compare(start_worker: Callable[..., None], url: str, quick: bool) -> list[st
     rows = [
         ("idle: one 4-token request, p50", "idle", "ms"),
         ("idle: streaming time to first token, p50", "ttft", "ms"),
+        (f"streaming time to first token while 4 clients run {LONG_TOKENS}-token requests, p50", "ttft_long", "ms"),
+        ("streaming time to first token while 16 clients run 32-token requests, p50", "ttft_uniform", "ms"),
         ("mixed: 4-token request beside 256-token ones, p50", "short50", "ms"),
         ("mixed: 4-token request beside 256-token ones, p99", "short99", "ms"),
         ("mixed: 256-token request, p50", "long50", "ms"),
@@ -170,7 +239,10 @@ def compare(start_worker: Callable[..., None], url: str, quick: bool) -> list[st
     lines = [
         f"Demo model, MAX_BATCH_SIZE=8, one worker; mixed workload: 4 clients sending {LONG_TOKENS}-token "
         f"requests back to back while {n_short} {SHORT_TOKENS}-token requests arrive (Poisson, 30 ms mean gap, "
-        "seed 10), each on its own connection.",
+        "seed 10), each on its own connection. Time to first token: streamed "
+        f"{TTFT_TOKENS}-token requests, one at a time ({n_idle} idle; {n_probe} under each load, sent after "
+        "random pauses of 50 ms mean while the load's clients send their requests back to back), read by "
+        "the lean client.",
         "",
         "| figure | ENGINE=static | ENGINE=continuous | continuous / static |",
         "|---|---|---|---|",
@@ -184,6 +256,12 @@ def compare(start_worker: Callable[..., None], url: str, quick: bool) -> list[st
         "",
         f"**Short requests beside long ones, p50: {s['short50'] / c['short50']:.1f}x faster with the continuous "
         f"engine** ({c['short50'] / c['idle']:.2f}x its idle latency; target at most 1.5x).",
+        "",
+        f"**Streaming time to first token under load, continuous engine: {c['ttft_long'] / c['ttft']:.2f}x its "
+        f"idle TTFT beside the {LONG_TOKENS}-token clients, {c['ttft_uniform'] / c['ttft']:.2f}x under the "
+        "16-client uniform load** (target at most 2x). Beside the long clients 4 of the 8 slots are free, so "
+        "a request is admitted at the next step boundary; under the uniform load 16 clients keep all 8 slots "
+        "taken and 8 requests waiting, so a new request also waits in the queue for slots to free.",
     ]
     return lines
 

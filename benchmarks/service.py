@@ -33,13 +33,16 @@ class BenchService:
         self.api = ServiceProcess(["api"], service_env(self.env), self.workdir / "api.log").start()
 
     def start_worker(self, **settings: str) -> None:
-        """(Re)start the one CPU worker with these settings (e.g. another MAX_BATCH_SIZE)."""
-        if self.worker is not None:
-            self.worker.stop()
+        """(Re)start the one CPU worker with these settings (e.g. another MAX_BATCH_SIZE); a running
+        worker that already has exactly these settings is kept (a start costs seconds of CPU)."""
         # One torch thread, as the in-process reference it is compared with: one core computes
         # (a GPU's role), the other serves the clients, the API and Redis.
         env = service_env({**self.env, **settings})
         args = ["worker", "--device", "cpu", "--cpu-threads", str(COMPUTE_THREADS)]
+        if self.worker is not None and self.worker.alive() and (self.worker.args, self.worker.env) == (args, env):
+            return
+        if self.worker is not None:
+            self.worker.stop()
         self.worker = ServiceProcess(args, env, self.workdir / "worker.log").start()
         wait_ready(self.url, timeout=180, workers=1, procs=[self.worker, self.api])
 
