@@ -36,8 +36,14 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# Test files run in parallel on pytest-xdist workers, one file per unit (tests/conftest.py says why and
+# which files go first). Most of a test's time is waiting on the processes it starts, so more workers
+# than cores pays; TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 4
+XDIST_ARGS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST_ARGS) $(PYTEST_ARGS)
 
 # The Sentinel failover test alone (kept out of `make test`: see tests/e2e/test_sentinel_failover.py).
 test-failover: setup

@@ -86,8 +86,35 @@ def strict_api(stack: Stack) -> str:
     )
 
 
+# `make test` runs on pytest-xdist workers (Makefile: -n, --dist loadfile --no-loadscope-reorder): each
+# test file is one unit of work, so its module fixtures (a make-run service, a worker fleet) start once,
+# on one worker. Units are handed out in collection order, so the longest files are put first:
+# otherwise a 100-second file picked up last would run alone at the end.
+LONGEST_FIRST = (
+    "tests/test_benchmarks.py",
+    "tests/e2e/test_attacks_against_make_run.py",
+    "tests/e2e/test_faults.py",
+    "tests/e2e/test_fleet_ops.py",
+    "tests/test_continuous_core_benchmark.py",
+    "tests/e2e/test_startup_failure.py",
+    "tests/e2e/test_make_run.py",
+    "tests/e2e/test_make_run_model_path.py",
+    "tests/e2e/test_model_loading.py",
+    "tests/e2e/test_model_families.py",
+    "tests/workers/test_model_source.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests start real processes: mark them slow (`make unit` skips them)."""
+    """End-to-end tests start real processes: mark them slow (`make unit` skips them). The
+    known-long files go first (a stable sort: everything else keeps its order)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def rank(item: pytest.Item) -> int:
+        relative = Path(item.path).relative_to(root).as_posix()
+        return LONGEST_FIRST.index(relative) if relative in LONGEST_FIRST else len(LONGEST_FIRST)
+
     for item in items:
         if "/tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=rank)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +20,28 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Ports below Linux's ephemeral range (32768-60999), so no client socket's kernel-chosen port can take
+# one between free_port() and the server's bind; each pytest-xdist worker draws from its own block, so
+# parallel workers never hand out the same port. A random start keeps separate runs apart too.
+_PORT_BLOCK = 1500
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 8
+_PORT_BASE = 20000 + _WORKER * _PORT_BLOCK
+_next_port = random.randrange(_PORT_BLOCK)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port no one listens on now, and that this process has not handed out before."""
+    global _next_port
+    for _ in range(_PORT_BLOCK):
+        port = _PORT_BASE + _next_port % _PORT_BLOCK
+        _next_port += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORT_BASE}-{_PORT_BASE + _PORT_BLOCK - 1}")
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
