@@ -152,7 +152,7 @@ class Feeder:
         (the queue is empty or pulls are suspended)."""
         with self.cond:
             self.cond.wait_for(lambda: not self._in_flight or self._closed, timeout=self.block_s * 5)
-            if self._ready:
+            if self._ready or self._lost_reply:
                 return False
         return self._suspended or not self.conn.llen(self.queue.key)
 
@@ -178,22 +178,26 @@ class Feeder:
         self.forget(jobs)
 
     def close(self, join_s: float = PULL_BLOCK_S + 1.0) -> None:
-        """No more pulls; whatever is held unstarted goes back to the queue (if Redis answers;
-        otherwise it stays in the intermediate list, which the next start puts back)."""
+        """No more pulls. Everything pulled and not started goes back to the head of the queue,
+        in order: at this point (the worker's loop has ended) that is the whole intermediate
+        list, including a job whose pull reply was lost. If Redis does not answer, the list
+        keeps them and the next start puts them back (`recover_intermediate`)."""
         with self.cond:
             self._closed = True
             self.cond.notify_all()
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(join_s)
         with self.cond:
-            held = [q for q in self._held.values() if q is not None]
             self._ready.clear()
+            self._held.clear()
+        queue, moved = self.queue, 0
         try:
-            self.put_back(held)
-        except Exception as exc:  # the intermediate list keeps them; recover_intermediate at start
-            log.warning("could not put %d pulled job(s) back (%s): the next start will", len(held), exc)
-        if held:
-            log.warning("put %d pulled, unstarted job(s) back on the queue", len(held))
+            while self.conn.lmove(queue.intermediate_queue_key, queue.key, "RIGHT", "LEFT") is not None:
+                moved += 1
+        except Exception as exc:
+            log.warning("could not put pulled jobs back (%s): the next start will", exc)
+        if moved:
+            log.warning("put %d pulled, unstarted job(s) back on the queue", moved)
 
     def stalled_s(self) -> float:
         """Seconds the thread has not come back from a call (0 while it keeps looping); infinite

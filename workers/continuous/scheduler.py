@@ -68,6 +68,10 @@ def kv_bound(rows: Sequence[LiveRow] | Sequence[PreparedRow]) -> int:
     return len(rows) * _longest(rows)
 
 
+class RowStepError(RuntimeError):
+    """A decoding step raises for this row alone (found by bisection); the cause is chained."""
+
+
 def _out_of_memory(exc: Exception) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -170,8 +174,11 @@ class ContinuousEngine:
         """`batch` failed its step with `error`: run the step on each half, split a half that
         fails again, fail the rows that fail alone; the batch of the rows that stepped."""
         if len(batch.rows) == 1:
-            log.error("a decoding step fails for job %s alone (%s): failing it", batch.rows[0].row.job.id, error)
-            self.on_failed(batch.rows[0].row, error)
+            row = batch.rows[0].row
+            log.error("a decoding step fails for job %s alone (%s): failing it", row.job.id, error)
+            failure = RowStepError(f"a decoding step fails for this request alone ({type(error).__name__})")
+            failure.__cause__ = error
+            self.on_failed(row, failure)
             return None
         middle = len(batch.rows) // 2
         parts: list[RunningBatch] = []

@@ -32,6 +32,7 @@ from PIL import Image
 from redis import Redis
 
 from shared.contract import (
+    JobError,
     JobPayload,
     JobResult,
     TextPart,
@@ -45,7 +46,7 @@ from shared.queue.continuous import ContinuousWorker, JobFeed, Outcome, QueuedJo
 from workers import metrics
 from workers.batch import PreparedRow
 from workers.cancel_watch import CancelWatch
-from workers.continuous.scheduler import ContinuousEngine, Limits
+from workers.continuous.scheduler import ContinuousEngine, Limits, RowStepError
 from workers.engine import Engine, RowOutput, Tools
 from workers.images import ImageLoader
 from workers.runner import job_error
@@ -304,6 +305,17 @@ class StepServer:
         self._end(entry, result)
 
     def _failed(self, row: PreparedRow, exc: Exception) -> None:
+        if isinstance(exc, RowStepError):  # isolated by bisection: say so, the cause goes to the log
+            log.error("job %s failed", row.job.id, exc_info=exc)
+            error = JobError(
+                status=500,
+                type="server_error",
+                message=f"generation failed (job {row.job.id}): the model raised on this request's decoding "
+                "step alone; the requests decoding beside it went on",
+                code="generation_failed",
+            )
+            self._end(self._entries[row.job.id], error)
+            return
         self._end(self._entries[row.job.id], job_error(exc, row.job.id))
 
     def _end(self, entry: Entry, outcome: Outcome) -> None:

@@ -74,7 +74,7 @@ def run(
 
 def rows(engine: Engine) -> list[PreparedRow]:
     """Four ordinary rows (seeded sampling and greedy), fresh each call (rows carry state)."""
-    specs = [
+    specs: list[tuple[str, dict[str, Any]]] = [
         ("first ordinary row", {"do_sample": True, "seed": 3}),
         ("second", {}),
         ("a third one, sampled", {"do_sample": True, "seed": 9, "temperature": 1.2}),
@@ -107,7 +107,7 @@ def test_a_row_whose_step_raises_fails_alone_and_the_others_are_unchanged(text_e
         # The poison row arrives with the first two and shares every step with the others.
         outputs, failures, _ = run(text_engine, {0: [again[0], poison, again[1]], 3: again[2:]})
     assert list(failures) == [poison.job.id]
-    assert "illegal memory access" in str(failures[poison.job.id])
+    assert "illegal memory access" in str(failures[poison.job.id].__cause__)
     assert raised, "the fault never fired"
     ids = [r.job.id for r in again]
     assert texts(outputs, ids) == texts(reference, [r.job.id for r in clean])
