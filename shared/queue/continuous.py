@@ -281,6 +281,8 @@ class Feeder:
             return []
         first_id = text(first)
         self._hold_ids([first_id])  # held from here: a failure below leaves it adoptable, not lost
+        with self.cond:  # the credit may have shrunk while the pull was blocked
+            want = max(1, min(want, self._wanted()))
         with conn.pipeline(transaction=False) as pipe:
             pipe.hgetall(Job.key_for(first_id))
             for _ in range(want - 1):
