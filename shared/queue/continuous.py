@@ -116,7 +116,6 @@ class Feeder:
         self._closed = False
         self._in_flight = False
         self._suspended = False
-        self._suspended_at = 0.0
         self._pulse = time.monotonic()
         self._lost_reply = False
         self.thread = threading.Thread(target=self._run, name="feeder", daemon=True)
@@ -262,10 +261,10 @@ class Feeder:
                 log.warning("could not put %d job(s) back (%s): close() will", len(back), exc)
 
     def _check_suspended(self) -> bool:
-        """`rq suspend` holds pulls; asked at most every SUSPEND_CHECK_S."""
-        now = time.monotonic()
-        if now - self._suspended_at >= SUSPEND_CHECK_S:
-            self._suspended_at, self._suspended = now, bool(is_suspended(self.conn))
+        """`rq suspend` holds pulls. Asked before every pull (on this thread, so no step waits
+        for it): a pull blocked when the pause came takes at most that one job, as rq's own
+        blocked dequeue does."""
+        self._suspended = bool(is_suspended(self.conn))
         if self._suspended:
             with self.cond:
                 self.cond.wait_for(lambda: self._closed, timeout=SUSPEND_CHECK_S)
