@@ -59,6 +59,9 @@ BACKOFF_MAX_S = 2.0
 # What the worker's feeder client needs as its socket timeout: a blocking pull plus slack, so a
 # connection to a vanished primary fails instead of blocking forever.
 FEED_SOCKET_TIMEOUT_S = PULL_BLOCK_S + 4.0
+# The longest a healthy feeder stays away from its loop: a call cut off by that socket timeout,
+# then the longest backoff. Only time beyond it counts as stalled (the worker's /livez).
+STALL_GRACE_S = FEED_SOCKET_TIMEOUT_S + BACKOFF_MAX_S
 
 
 @dataclass(eq=False)
@@ -199,13 +202,13 @@ class Feeder:
             log.warning("put %d pulled, unstarted job(s) back on the queue", moved)
 
     def stalled_s(self) -> float:
-        """Seconds the thread has not come back from a call (0 while it keeps looping); infinite
-        if it died. A healthy feeder comes back at least every PULL_BLOCK_S + BACKOFF_MAX_S."""
+        """Seconds the thread has been away longer than a healthy one can be (a call bounded by
+        the socket timeout, then a backoff): 0 while it keeps coming back; infinite if it died."""
         if self._closed or not self.thread.ident:
             return 0.0
         if not self.thread.is_alive():
             return float("inf")
-        return time.monotonic() - self._pulse
+        return max(0.0, time.monotonic() - self._pulse - STALL_GRACE_S)
 
     # --- the feeder thread -------------------------------------------------------------------------
     def _wanted(self) -> int:
