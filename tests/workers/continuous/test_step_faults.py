@@ -8,11 +8,12 @@ must end with the text of a run without the fault.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+from msgspec.structs import replace
 
 from tests.workers.test_engine import job
 from workers.batch import PreparedRow
@@ -52,7 +53,10 @@ def poison_position(kwargs: dict[str, Any]) -> Exception | None:
 
 
 def run(
-    engine: Engine, arrivals: Mapping[int, list[PreparedRow]], limits: Limits | None = None
+    engine: Engine,
+    arrivals: Mapping[int, list[PreparedRow]],
+    limits: Limits | None = None,
+    on_delta: Callable[[str, str], None] | None = None,
 ) -> tuple[dict[str, RowOutput], dict[str, Exception], ContinuousEngine]:
     outputs: dict[str, RowOutput] = {}
     failures: dict[str, Exception] = {}
@@ -62,6 +66,7 @@ def run(
         lambda row, exc: failures.__setitem__(row.job.id, exc),
         limits,
     )
+    ce.rules.on_delta = on_delta  # the worker's publisher, as a list here
     step = 0
     while step <= max(arrivals) or not ce.idle:
         for row in arrivals.get(step, []):
@@ -72,7 +77,7 @@ def run(
     return outputs, failures, ce
 
 
-def rows(engine: Engine) -> list[PreparedRow]:
+def rows(engine: Engine, stream: bool = False) -> list[PreparedRow]:
     """Four ordinary rows (seeded sampling and greedy), fresh each call (rows carry state)."""
     specs: list[tuple[str, dict[str, Any]]] = [
         ("first ordinary row", {"do_sample": True, "seed": 3}),
@@ -81,7 +86,9 @@ def rows(engine: Engine) -> list[PreparedRow]:
         ("fourth", {"repetition_penalty": 1.3}),
     ]
     return [
-        engine.prepare(job(text, max_new_tokens=12 + 3 * i, min_new_tokens=12 + 3 * i, **params), [])
+        engine.prepare(
+            replace(job(text, max_new_tokens=12 + 3 * i, min_new_tokens=12 + 3 * i, **params), stream=stream), []
+        )
         for i, (text, params) in enumerate(specs)
     ]
 
@@ -140,9 +147,19 @@ def test_out_of_memory_gives_the_newest_rows_back_instead_of_failing_them(text_e
             return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         return None
 
-    again = rows(text_engine)
+    again = rows(text_engine, stream=True)
+    deltas: dict[str, list[str]] = {}
     with faulty_decode(text_engine, too_many) as raised:
-        outputs, failures, ce = run(text_engine, {0: again[:3], 2: again[3:]})
+        outputs, failures, ce = run(
+            text_engine,
+            {0: again[:3], 2: again[3:]},
+            on_delta=lambda job_id, text: deltas.setdefault(job_id, []).append(text),
+        )
     assert not failures
     assert ce.shrunk >= 1 and raised
     assert texts(outputs, [r.job.id for r in again]) == texts(reference, [r.job.id for r in clean])
+    # A row sent back streamed its first tokens once: its deltas still add up to its text.
+    for row in again:
+        streamed = "".join(deltas.get(row.job.id, []))
+        assert outputs[row.job.id].text.startswith(streamed), (streamed, outputs[row.job.id].text)
+        assert len(deltas.get(row.job.id, [])) <= outputs[row.job.id].completion_tokens
