@@ -17,11 +17,13 @@ from shared import keys, load_failures
 from shared.blobstore import create_blob_store
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
+from shared.queue.continuous import FEED_SOCKET_TIMEOUT_S
 from shared.queue.resume import requeue_own_started
 from shared.queue.worker import QueueWorker
 from shared.redis_connect import RedisTarget, sync_client
 from shared.settings import Settings
 from workers import metrics
+from workers import progress as loop_progress
 from workers.continuous.serving import StepServer, continuous_worker
 from workers.demo_model import ensure_demo_model
 from workers.engine import Engine
@@ -48,14 +50,14 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def redis_client(settings: Settings) -> Redis:
+def redis_client(settings: Settings, socket_timeout: float | None = None) -> Redis:
     # Short timeouts: a dead Redis must surface as an error quickly, never as a hang.
     # With Sentinel, a connection error makes the next command ask for the primary again: the
     # worker loop (`serve`) restarts on the new primary after a failover.
     return sync_client(
         RedisTarget.from_settings(settings),
         socket_connect_timeout=3,
-        socket_timeout=None,
+        socket_timeout=socket_timeout,
         health_check_interval=15,
         retry_on_timeout=False,
     )
@@ -137,7 +139,13 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
             on_load=lambda load: member.set_load(load.running, load.free_slots, load.kv_tokens),
             on_row=member.record_micro_batch,
         )
-        worker = continuous_worker([queue_name], connection=redis, server=server, **rq_options)
+        # The feeder thread's own client: its blocking pulls are bounded, so a socket timeout
+        # turns a connection to a vanished primary into an error it retries, never a hang.
+        feed = redis_client(settings, socket_timeout=FEED_SOCKET_TIMEOUT_S)
+        cworker = continuous_worker([queue_name], connection=redis, server=server, feed_connection=feed, **rq_options)
+        # /livez also fails when the feeder thread died or stopped coming back from its pulls.
+        probes.stalled_s = lambda: max(loop_progress.stalled_s(), cworker.pull_stalled_s())
+        worker = cworker
     else:
         runner = MicroBatchRunner(engine, images, worker_id)
         worker = model_worker(

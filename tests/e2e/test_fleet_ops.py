@@ -132,7 +132,9 @@ def test_a_killed_workers_queue_is_retired_and_its_jobs_served_by_the_others(fle
     redis = fleet.redis()
     beta_queue = keys.worker_queue("beta-cpu0")
     wait_for(lambda: "beta-cpu0" in httpx.get(f"{fleet.url}/health").text, 10, "beta in the fleet view")
-    ids = [fleet.submit(job(100 + i)) for i in range(12)]
+    # Long enough to be seen running: the continuous worker starts a row at admission and
+    # finishes it at its end, and a 32-token row on an idle worker can come and go between polls.
+    ids = [fleet.submit(job(100 + i, tokens=160)) for i in range(12)]
     wait_for(lambda: redis.zcard(names.started_key(beta_queue)) > 0, 60, "beta running jobs", interval=0.02)
     proc, _ = fleet.workers["beta"]
     assert proc.process is not None

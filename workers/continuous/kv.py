@@ -11,6 +11,7 @@ columns is the same window of real tokens the row would have alone.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -76,3 +77,27 @@ def columns_of(cache: Any) -> int:
         if layer.is_initialized
     ]
     return max(widths, default=0)
+
+
+Snapshot = list[tuple[Any, dict[str, Any]]]
+
+
+def snapshot(cache: Any) -> Snapshot:
+    """What a forward may change in `cache`, for `restore`. A forward only rebinds each layer's
+    tensors (`torch.cat` makes new ones) and a sliding layer's column count, never writes into
+    the tensors, so each layer's attributes (references, no copies) are the whole state."""
+    return [(layer, dict(vars(layer))) for layer in cache.layers]
+
+
+def restore(saved: Snapshot) -> None:
+    """The cache as it was at `snapshot`: a forward that raised halfway leaves no column behind."""
+    for layer, attributes in saved:
+        layer.__dict__.clear()
+        layer.__dict__.update(attributes)
+
+
+def copy_rows(cache: Any, rows: torch.Tensor, columns: int) -> Any:
+    """A new cache of `rows` and the last `columns` columns; `cache` is left as it is."""
+    copied = copy.copy(cache)
+    copied.layers = [copy.copy(layer) for layer in cache.layers]
+    return select(copied, rows, columns)

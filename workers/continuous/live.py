@@ -43,13 +43,27 @@ class RowRules:
         self.eos = set(eos_ids)
         self.decode = decode
         self.on_delta = on_delta
+        # Tokens each restarted row had streamed already (job id -> count): not sent again.
+        self.streamed: dict[str, int] = {}
+
+    def restart(self, live: LiveRow) -> None:
+        """`live` leaves the batch to prefill again from its prompt (out of device memory): its
+        tokens are dropped (a seeded or greedy row draws the same ones again), and those it has
+        streamed already are not streamed twice."""
+        plan = live.plan
+        if plan.tracker is not None and live.tokens:
+            self.streamed[plan.job_id] = max(self.streamed.get(plan.job_id, 0), len(live.tokens))
+        plan.stop_step = None
 
     def accept(self, live: LiveRow, token: int) -> None:
         plan = live.plan
         live.tokens.append(token)
         count = len(live.tokens)
         if plan.tracker is not None and self.on_delta is not None and plan.cancel_step is None:
-            self.on_delta(plan.job_id, plan.tracker.push(token))
+            if count > self.streamed.get(plan.job_id, 0):
+                self.on_delta(plan.job_id, plan.tracker.push(token))
+            elif count == self.streamed[plan.job_id]:
+                del self.streamed[plan.job_id]  # caught up: from the next token on, stream
         if token in self.eos or count >= plan.max_new_tokens:
             live.done = True
         stops = plan.params.stop

@@ -104,8 +104,9 @@ class RunningBatch:
             ready_mask=first.ready_mask and second.ready_mask,
         )
 
-    def filter(self, keep: Sequence[int]) -> RunningBatch | None:
-        """The batch of the rows at `keep` (None if none), compacted; consumes this one."""
+    def filter(self, keep: Sequence[int], consume: bool = True) -> RunningBatch | None:
+        """The batch of the rows at `keep` (None if none), compacted; consumes this one unless
+        `consume` is False (then the cache is copied: both batches stay usable)."""
         if not keep:
             return None
         index = torch.tensor(list(keep), dtype=torch.long, device=self.mask.device)
@@ -113,9 +114,10 @@ class RunningBatch:
         used = mask.any(dim=0).nonzero()
         first_used = int(used[0]) if used.numel() else mask.shape[1]
         columns = mask.shape[1] - first_used
+        select = kv.select if consume else kv.copy_rows
         return RunningBatch(
             rows=[self.rows[i] for i in keep],
-            cache=kv.select(self.cache, index, columns),
+            cache=select(self.cache, index, columns),
             mask=mask[:, first_used:].contiguous(),
             next_positions=self.next_positions.index_select(0, index),
             last_tokens=self.last_tokens.index_select(0, index),
@@ -126,31 +128,45 @@ class RunningBatch:
     # --- decoding ------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self, m: LoadedModel, rules: RowRules) -> None:
-        """One forward for every row, one token each, appended by the row rules."""
-        assert not any(r.done for r in self.rows), "finished rows must be filtered out before a step"
-        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
-        out = m.model(
-            input_ids=self.last_tokens.unsqueeze(1),
-            attention_mask=self._step_mask(),
-            position_ids=decode_positions(self.next_positions, self.mrope),
-            cache=self.cache,
-            **_forward_kwargs(m.model),
-        )
-        self.next_positions = self.next_positions + 1
-        self._take(out.logits[:, -1, :], rules)
+        """One forward for every row, one token each, appended by the row rules.
 
-    def _step_mask(self) -> torch.Tensor | None:
+        All or nothing: if the forward or the sampler raises, the batch is left as it was before
+        (cache, mask, positions; the sampler is rebuilt from the rows' tokens), so the step can
+        be run again, or on part of the rows, with the outputs of an uninterrupted run."""
+        assert not any(r.done for r in self.rows), "finished rows must be filtered out before a step"
+        mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        saved = kv.snapshot(self.cache)
+        try:
+            out = m.model(
+                input_ids=self.last_tokens.unsqueeze(1),
+                attention_mask=self._step_mask(mask),
+                position_ids=decode_positions(self.next_positions, self.mrope),
+                cache=self.cache,
+                **_forward_kwargs(m.model),
+            )
+            chosen = self.sampler(rules).choose(out.logits[:, -1, :])
+        except BaseException:
+            kv.restore(saved)
+            self._sampler = None  # its step counts may have moved on: rebuilt from the rows' tokens
+            raise
+        self.mask = mask
+        self.next_positions = self.next_positions + 1
+        self._accept(chosen, rules)
+
+    def _step_mask(self, mask: torch.Tensor) -> torch.Tensor | None:
         """The mask of this step as the model gets it (the new column is never padding, so
         whether any row is padded only changes when rows join or leave)."""
         if not self.ready_mask:
-            return self.mask
+            return mask
         if self._padded is None:
-            self._padded = not bool(self.mask.all())
+            self._padded = not bool(mask.all())
         # No padding: None is what transformers makes of an all-ones mask for one query.
-        return self.mask[:, None, None, :].bool() if self._padded else None
+        return mask[:, None, None, :].bool() if self._padded else None
 
     def _take(self, logits: torch.Tensor, rules: RowRules) -> None:
-        chosen = self.sampler(rules).choose(logits)
+        self._accept(self.sampler(rules).choose(logits), rules)
+
+    def _accept(self, chosen: torch.Tensor, rules: RowRules) -> None:
         tokens: list[int] = chosen.tolist()  # the step's one host sync, for every row at once
         now = time.perf_counter()
         for live, token in zip(self.rows, tokens, strict=True):

@@ -13,6 +13,14 @@ alone is always admitted, as the static engine runs a row alone whatever its siz
 Prefill policy: at most one prefill group per step, of shape-compatible rows, whose padded
 prompt tokens stay under `prefill_tokens` (one row at least), so running rows wait for at most
 one bounded prefill between two of their tokens.
+
+A decoding step that raises fails no row on its own account: a step is all or nothing
+(`RunningBatch.step`), so it is run once more (a transient fault); if it raises again, a device
+out-of-memory returns the newest-admitted half of the rows to the front of the waiting rows
+(they prefill again from their prompts later; tokens they already streamed are not sent twice),
+and any other error is narrowed down by bisection: the step runs on each half of the batch, and
+a half that raises is split again, so only the rows that raise alone fail (with the error), and
+every other row takes its token as if nothing had happened.
 """
 
 from __future__ import annotations
@@ -60,6 +68,19 @@ def kv_bound(rows: Sequence[LiveRow] | Sequence[PreparedRow]) -> int:
     return len(rows) * _longest(rows)
 
 
+class RowStepError(RuntimeError):
+    """A decoding step raises for this row alone (found by bisection); the cause is chained."""
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_device_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 class ContinuousEngine:
     def __init__(
         self,
@@ -82,6 +103,8 @@ class ContinuousEngine:
         self.admitting = True  # False while draining (SIGTERM): running rows finish, none join
         self.steps = 0  # decoding forwards run (observable: tests, metrics)
         self.prefills = 0
+        self.shrunk = 0  # times the batch gave rows back for want of device memory
+        self.row_cap = 0  # after a shrink: the rows that fitted (0: no cap)
 
     # --- what the worker reads -------------------------------------------------------------
     @property
@@ -89,8 +112,14 @@ class ContinuousEngine:
         return len(self.batch.rows) if self.batch else 0
 
     @property
+    def max_rows(self) -> int:
+        """Slots: MAX_BATCH_SIZE, or fewer since the batch last ran out of device memory (until
+        it next empties)."""
+        return self.row_cap or self.limits.max_rows
+
+    @property
     def free_slots(self) -> int:
-        return self.limits.max_rows - self.running
+        return max(0, self.max_rows - self.running)
 
     @property
     def kv_tokens(self) -> int:
@@ -113,12 +142,77 @@ class ContinuousEngine:
         self._admit()
         self._retire()  # rows whose first token already ended them
         if self.batch is not None:
-            self.batch.step(self.engine.m, self.rules)
+            self._decode(self.batch)
             self.steps += 1
             self._check_budget()
             self._retire()
+        if self.batch is None:
+            self.row_cap = 0  # an empty batch: the memory it held is free again
         if self.idle:
             progress.rest()  # idle is alive, however long it lasts
+
+    # --- one decoding step, with its failures isolated -------------------------------------
+    def _decode(self, batch: RunningBatch) -> None:
+        m = self.engine.m
+        try:
+            batch.step(m, self.rules)
+            return
+        except Exception as exc:
+            log.warning("a decoding step of %d row(s) failed (%s); running it again", len(batch.rows), exc)
+            _free_device_cache(m.device)
+        try:
+            batch.step(m, self.rules)
+            return
+        except Exception as exc:
+            error = exc
+        if _out_of_memory(error) and len(batch.rows) > 1:
+            self._shrink(batch, error)
+        else:
+            self.batch = self._bisect(batch, error)
+
+    def _bisect(self, batch: RunningBatch, error: Exception) -> RunningBatch | None:
+        """`batch` failed its step with `error`: run the step on each half, split a half that
+        fails again, fail the rows that fail alone; the batch of the rows that stepped."""
+        if len(batch.rows) == 1:
+            row = batch.rows[0].row
+            log.error("a decoding step fails for job %s alone (%s): failing it", row.job.id, error)
+            failure = RowStepError(f"a decoding step fails for this request alone ({type(error).__name__})")
+            failure.__cause__ = error
+            self.on_failed(row, failure)
+            return None
+        middle = len(batch.rows) // 2
+        parts: list[RunningBatch] = []
+        for keep in (range(middle), range(middle, len(batch.rows))):
+            half = batch.filter(list(keep), consume=False)
+            assert half is not None
+            try:
+                half.step(self.engine.m, self.rules)
+                parts.append(half)
+            except Exception as exc:
+                stepped = self._bisect(half, exc)
+                if stepped is not None:
+                    parts.append(stepped)
+        merged: RunningBatch | None = None
+        for part in parts:
+            merged = part if merged is None else RunningBatch.concatenate(merged, part)
+        return merged
+
+    def _shrink(self, batch: RunningBatch, error: Exception) -> None:
+        """Out of device memory twice: the newest-admitted half of the rows goes back to the front
+        of the waiting rows (their KV cache is freed; they prefill again when they fit), the
+        rest decode on at the next step."""
+        keep = (len(batch.rows) + 1) // 2
+        back = batch.rows[keep:]
+        log.warning(
+            "out of device memory decoding %d rows (%s): %d go back to waiting", len(batch.rows), error, len(back)
+        )
+        self.batch = batch.filter(list(range(keep)))
+        self.row_cap = keep  # admitting them again at once would run out of memory again
+        for live in reversed(back):
+            self.rules.restart(live)
+            self.waiting.appendleft(live.row)
+        _free_device_cache(self.engine.m.device)
+        self.shrunk += 1
 
     def fail_running(self, exc: Exception) -> None:
         """A decoding step raised: it ran every row at once, so no row can be told apart; each
@@ -154,7 +248,7 @@ class ContinuousEngine:
         group: list[PreparedRow] = []
         for row in self.waiting:
             candidate = [*group, row]
-            if len(running) + len(candidate) > self.limits.max_rows:
+            if len(running) + len(candidate) > self.max_rows:
                 break
             if not self._fits(running, candidate):
                 break

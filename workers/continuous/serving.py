@@ -5,11 +5,15 @@ Each iteration is one step boundary:
    with attempts > 0, only into an empty engine, and nothing joins it: poison isolation);
 2. one engine step: ended rows retire, waiting rows are admitted (prefill), every row decodes;
 3. the step's rq bookkeeping in one round trip: admitted jobs start, ended rows finish;
-4. with free slots, more jobs are pulled (non-blocking LMOVEs); jobs with images are read and
-   prepared on a thread of their own while the running rows decode (text-only ones at once).
-When nothing runs or waits it returns, and rq's blocking pop waits for the next job (no batch
-window, no timer-resolution wait). Cancel requests are polled every 50 ms (CancelWatch) for every
-job this loop holds; the engine checks the flags at every step.
+4. the loop offers the feeder thread (shared/queue/continuous.py `Feeder`) as many jobs as it
+   could admit soon (free slots within the KV budget, less what it holds unadmitted) and takes
+   what the feeder pulled meanwhile from a local deque: no Redis round trip per step; jobs with
+   images are read and prepared on a thread of their own while the running rows decode
+   (text-only ones at once).
+When nothing runs or waits it returns, and the worker waits on the feeder's deque for the next
+job (woken as the feeder's blocking pull returns: no batch window, no timer-resolution wait).
+Cancel requests are polled every 50 ms (CancelWatch) for every job this loop holds; the engine
+checks the flags at every step.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from PIL import Image
 from redis import Redis
 
 from shared.contract import (
+    JobError,
     JobPayload,
     JobResult,
     TextPart,
@@ -41,7 +46,7 @@ from shared.queue.continuous import ContinuousWorker, JobFeed, Outcome, QueuedJo
 from workers import metrics
 from workers.batch import PreparedRow
 from workers.cancel_watch import CancelWatch
-from workers.continuous.scheduler import ContinuousEngine, Limits
+from workers.continuous.scheduler import ContinuousEngine, Limits, RowStepError
 from workers.engine import Engine, RowOutput, Tools
 from workers.images import ImageLoader
 from workers.runner import job_error
@@ -108,9 +113,22 @@ class StepServer:
         self._watched: list[str] = []
         self._load: Load | None = None
 
+    @property
+    def max_credit(self) -> int:
+        """What an idle loop offers the feeder: every slot."""
+        return self.ce.limits.max_rows
+
     # --- the loop ---------------------------------------------------------------------------
     def serve(self, feed: JobFeed) -> None:
-        first = [feed.first, *feed.pull(self.ce.limits.max_rows - 1, feed.batch_timeout_s)]
+        first = [feed.first, *feed.take()]
+        # BATCH_TIMEOUT_MS: an idle worker waits that long for company before its first prefill
+        # (on the local deque: the wait is what was asked, not Redis's timer resolution).
+        deadline = time.monotonic() + feed.batch_timeout_s
+        while len(first) < self.max_credit and not feed.stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            first += feed.take(left)
         self._take(first)
         self.ce.admitting = True
         try:
@@ -125,6 +143,7 @@ class StepServer:
         finally:
             self._watch()
             self._publish_load()
+            feed.offer(self.max_credit)  # idle again: the feeder may fill every slot
 
     def _loop(self, feed: JobFeed) -> None:
         while True:
@@ -136,10 +155,10 @@ class StepServer:
             if not self.ce.idle:
                 began = time.perf_counter()
                 try:
-                    self.ce.run_step()
+                    self.ce.run_step()  # isolates a failing decoding step's rows itself
                 except Exception as exc:
-                    # A decoding step runs every row at once: no row can be told apart.
-                    log.error("a decoding step failed (%s): failing its %d row(s)", exc, self.ce.running)
+                    # Outside a decoding step (retiring, merging): the running rows cannot go on.
+                    log.error("a scheduling step failed (%s): failing its %d row(s)", exc, self.ce.running)
                     self.ce.fail_running(exc)
                 metrics.GENERATE_SECONDS.observe(time.perf_counter() - began)
             self._record(feed)
@@ -150,9 +169,25 @@ class StepServer:
                 continue
             if self.ce.idle and not self._pending:
                 return
-            free = self.ce.free_slots - len(self.ce.waiting) - len(self._pending)
-            if free > 0 and self._solo is None:
-                self._take(feed.pull(free))
+            feed.offer(self._credit())
+            taken = feed.take()
+            if taken:
+                self._take(taken)
+
+    def _credit(self) -> int:
+        """How many more jobs could be admitted soon: free slots within the KV budget (with
+        rows running, n more rows need (running + n) x longest <= MAX_BATCH_TOKENS), less the
+        jobs already held unadmitted; none while a retried job runs alone."""
+        if self._solo is not None:
+            return 0
+        ce = self.ce
+        held = len(ce.waiting) + len(self._pending)
+        credit = ce.free_slots - held
+        budget = ce.limits.max_kv_tokens
+        if budget and ce.batch is not None:
+            longest = max(live.kv_worst for live in ce.batch.rows)
+            credit = min(credit, budget // max(1, longest) - ce.running - held)
+        return max(0, credit)
 
     # --- taking and preparing jobs -------------------------------------------------------------
     def _take(self, pulled: Sequence[QueuedJob]) -> None:
@@ -231,6 +266,8 @@ class StepServer:
         now, perf, group = time.time(), time.perf_counter(), uuid.uuid4().hex[:12]
         for row in rows:
             entry = self._entries[row.job.id]
+            if entry.admitted_at:
+                continue  # admitted again after the batch shrank (out of memory): started already
             entry.admitted_at, entry.admitted_perf = now, perf
             entry.group, entry.group_size = group, len(rows)
             self._start.append(entry)
@@ -268,6 +305,17 @@ class StepServer:
         self._end(entry, result)
 
     def _failed(self, row: PreparedRow, exc: Exception) -> None:
+        if isinstance(exc, RowStepError):  # isolated by bisection: say so, the cause goes to the log
+            log.error("job %s failed", row.job.id, exc_info=exc)
+            error = JobError(
+                status=500,
+                type="server_error",
+                message=f"generation failed (job {row.job.id}): the model raised on this request's decoding "
+                "step alone; the requests decoding beside it went on",
+                code="generation_failed",
+            )
+            self._end(self._entries[row.job.id], error)
+            return
         self._end(self._entries[row.job.id], job_error(exc, row.job.id))
 
     def _end(self, entry: Entry, outcome: Outcome) -> None:
@@ -295,7 +343,7 @@ class StepServer:
         self._pending = []
         for entry in back:
             self._entries.pop(entry.id, None)
-        feed.put_back([e.queued for e in back])
+        feed.put_back([*(e.queued for e in back), *feed.take()])
         if back:
             log.warning("draining: put %d waiting job(s) back on the queue", len(back))
 
@@ -347,12 +395,16 @@ def continuous_worker(
     server: StepServer,
     max_batch_size: int,
     batch_timeout_ms: float,
+    feed_connection: Redis | None = None,
     **rq_options: object,
 ) -> ContinuousWorker:
-    """A queue worker that runs `server`'s continuous engine."""
+    """A queue worker that runs `server`'s continuous engine; its feeder thread pulls on
+    `feed_connection` (a client with a socket timeout: see FEED_SOCKET_TIMEOUT_S), or on
+    `connection`'s pool."""
     return ContinuousWorker(
         queues,
         connection=connection,
+        feed_connection=feed_connection,
         loop=server,
         max_batch_size=max_batch_size,
         batch_timeout_ms=batch_timeout_ms,

@@ -292,28 +292,26 @@ def test_a_stop_request_finishes_running_rows_and_puts_waiting_jobs_back(rig_fac
     assert StartedJobRegistry(queue=rig.queue).get_job_ids() == []
 
 
-def test_a_failing_decoding_step_fails_its_rows_and_the_worker_goes_on(
-    rig_factory: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from workers.continuous.running import RunningBatch
+def test_a_decoding_step_that_raises_for_one_job_fails_only_that_job(rig_factory: Callable[..., Rig]) -> None:
+    from tests.workers.continuous.test_step_faults import faulty_decode, poison_position
 
-    real_step = RunningBatch.step
-    calls = {"n": 0}
+    alone = rig_factory("llama")
+    alone.enqueue(job(alone, "ok-alone", 20, seed=5, prompt="an ordinary one"))
+    alone.run()
 
-    def flaky(self: RunningBatch, *args: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("device out of memory (injected)")
-        real_step(self, *args)
-
-    monkeypatch.setattr(RunningBatch, "step", flaky)
     rig = rig_factory("llama")
-    rig.enqueue(job(rig, "hit-0", 20))
-    rig.enqueue(job(rig, "hit-1", 20))
-    rig.run()
-    for hit in ("hit-0", "hit-1"):
-        failed = rig.outcome(hit)
-        assert isinstance(failed, JobError) and failed.code == "generation_failed", failed
+    rig.enqueue(job(rig, "ok", 20, seed=5, prompt="an ordinary one"))
+    rig.enqueue(job(rig, "poison", 20, prompt="word " * 120))  # its positions trip the fault
+    with faulty_decode(rig.engine, poison_position) as raised:
+        rig.run()
+    assert raised
+    failed = rig.outcome("poison")
+    assert isinstance(failed, JobError) and failed.code == "generation_failed", failed
+    assert "this request's decoding step alone" in failed.message
+    assert (rig.result("ok").text, rig.result("ok").completion_tokens) == (
+        alone.result("ok-alone").text,
+        alone.result("ok-alone").completion_tokens,
+    )
     rig.enqueue(job(rig, "after", 5))
     rig.run()
     assert rig.result("after").completion_tokens == 5
