@@ -25,7 +25,8 @@ from shared.queue import names
 from shared.queue.durability import ConfirmedScript, Durability
 from shared.queue.jobs import Job, queued_fields
 
-# KEYS: rq's set of queues, the job's hash, then per candidate its queue and in-flight registry.
+# KEYS: rq's set of queues, the job's hash, then per candidate its queue, in-flight registry and
+# intermediate list (jobs a continuous worker's feeder has pulled and not started yet: load too).
 # ARGV: max waiting per queue, candidates, rotation, job id, then per candidate (capacity,
 # ready 0/1, queue name), then the job hash as field, value, ...
 # Returns {chosen candidate (1-based) or 0 if every queue is full, waiting_1, in_flight_1, ...}.
@@ -38,8 +39,8 @@ local loads = {}
 local best, best_ready, best_score = 0, 0, 0
 for k = 0, n - 1 do
   local i = ((k + rotation) % n) + 1
-  local waiting = redis.call('LLEN', KEYS[1 + 2 * i])
-  local in_flight = redis.call('ZCARD', KEYS[2 + 2 * i])
+  local waiting = redis.call('LLEN', KEYS[3 * i])
+  local in_flight = redis.call('ZCARD', KEYS[1 + 3 * i]) + redis.call('LLEN', KEYS[2 + 3 * i])
   loads[2 * i - 1] = waiting
   loads[2 * i] = in_flight
   if waiting < max_size then
@@ -56,8 +57,8 @@ if best > 0 then
   for j = 5 + 3 * n, #ARGV do fields[#fields + 1] = ARGV[j] end
   redis.call('HSET', KEYS[2], unpack(fields))
   redis.call('HSET', KEYS[2], 'origin', ARGV[4 + 3 * (best - 1) + 3])
-  redis.call('SADD', KEYS[1], KEYS[1 + 2 * best])
-  redis.call('RPUSH', KEYS[1 + 2 * best], job_id)
+  redis.call('SADD', KEYS[1], KEYS[3 * best])
+  redis.call('RPUSH', KEYS[3 * best], job_id)
 end
 table.insert(loads, 1, best)
 return loads
@@ -86,7 +87,7 @@ class Admitter:
         script_keys: list[str] = [names.QUEUES, job.key]
         args: list[EncodableT] = [self.max_queue_size, len(workers), random.randrange(len(workers)), job.id]
         for w in workers:
-            script_keys += [names.queue_key(w.queue), names.started_key(w.queue)]
+            script_keys += [names.queue_key(w.queue), names.started_key(w.queue), names.intermediate_key(w.queue)]
             args += [max(1, w.capacity), int(w.ready), w.queue]
         for field, value in queued_fields(job).items():
             args += [field, value]

@@ -66,10 +66,14 @@ def _queue_counts(pipe: Any, workers: Sequence[WorkerInfo]) -> None:
     for worker in workers:
         pipe.llen(names.queue_key(worker.queue))
         pipe.zcard(names.started_key(worker.queue))
+        pipe.llen(names.intermediate_key(worker.queue))  # pulled by a feeder, not started yet
 
 
 def _loads(workers: Sequence[WorkerInfo], counts: list[Any]) -> list[QueueLoad]:
-    return [QueueLoad(w, int(counts[2 * i]), int(counts[2 * i + 1])) for i, w in enumerate(workers)]
+    """In flight: started, or pulled and about to start (the same sum the admission script makes)."""
+    return [
+        QueueLoad(w, int(counts[3 * i]), int(counts[3 * i + 1]) + int(counts[3 * i + 2])) for i, w in enumerate(workers)
+    ]
 
 
 def read_loads(redis: SyncRedis, workers: Sequence[WorkerInfo]) -> list[QueueLoad]:

@@ -19,6 +19,7 @@ from shared.contract import JobMeta, JobPayload, Message, SamplingParams, TextPa
 from shared.fleet import ModelCard, WorkerInfo
 from shared.queue import names
 from shared.queue.admission import Admission, Admitter
+from shared.queue.fleet import read_loads
 from shared.serializer import MsgpackSerializer
 from shared.settings_sources import load_settings
 from tests.support.procs import RedisServer
@@ -128,3 +129,16 @@ def test_full_queues_refuse_and_ties_are_shared(redis_server: RedisServer) -> No
         [r] = admit(url, [new_job(sync, f"r{round_}")], [a, b])
         firsts[r.worker.queue if r.worker else None] += 1
     assert firsts["omega.a"] > 0 and firsts["omega.b"] > 0
+
+
+def test_jobs_a_feeder_pulled_and_has_not_started_count_as_load(redis_server: RedisServer) -> None:
+    """A continuous worker's feeder moves jobs into rq's intermediate list before they start: they
+    are that worker's load (routing, /health) as much as started ones."""
+    url, sync = fresh(redis_server)
+    a, b = worker("a"), worker("b")
+    sync.rpush(names.intermediate_key("omega.a"), "p1", "p2", "p3")  # a: 3 pulled / 4
+    sync.zadd(names.started_key("omega.b"), {"s1": 1})  # b: 1 started / 4
+    [first] = admit(url, [new_job(sync, "j1")], [a, b])
+    assert first.worker == b and first.in_flight == [3, 1]
+    loads = {load.worker.queue: load.in_flight for load in read_loads(sync, [a, b])}
+    assert loads == {"omega.a": 3, "omega.b": 1}  # j1 waits on b: waiting, not in flight
