@@ -15,11 +15,15 @@ slots are free.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.job import Job
 from rq.queue import Queue
 from rq.suspension import is_suspended
@@ -29,6 +33,7 @@ from shared.contract import JobError, JobResult
 from shared.queue.finish import StartedJob, finish_commands
 from shared.queue.worker import QueueWorker, retried
 
+log = logging.getLogger("omega.worker.rq")
 Outcome = JobResult | JobError
 SUSPEND_CHECK_S = 0.2
 
@@ -76,7 +81,10 @@ class JobFeed:
         SUSPEND_CHECK_S, not on every decoding step (each ask is a round trip)."""
         now = time.monotonic()
         if now - self._suspended_at >= SUSPEND_CHECK_S:
-            self._suspended_at, self._suspended = now, bool(is_suspended(self.worker.connection))
+            self._suspended_at = now
+            # Redis away (a failover): as before; the running rows decode on meanwhile.
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                self._suspended = bool(is_suspended(self.worker.connection))
         return self._suspended
 
     def stopping(self) -> bool:
@@ -89,17 +97,24 @@ class JobFeed:
         if count <= 0 or self.suspended():
             return []
         queue = self.queue
-        with self.worker.connection.pipeline(transaction=False) as pipe:
-            for _ in range(count):
-                pipe.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
-            pulled = self.worker._fetch_pulled(queue, pipe.execute())
-        deadline = time.monotonic() + window_s
-        while len(pulled) < count and not self.stopping():
-            left = deadline - time.monotonic()
-            job = self.worker._pull_one(queue, left) if left > 0.001 else None
-            if job is None:
-                break
-            pulled.append(job)
+        pulled: list[Job] = []
+        try:
+            with self.worker.connection.pipeline(transaction=False) as pipe:
+                for _ in range(count):
+                    pipe.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
+                pulled = self.worker._fetch_pulled(queue, pipe.execute())
+            deadline = time.monotonic() + window_s
+            while len(pulled) < count and not self.stopping():
+                left = deadline - time.monotonic()
+                job = self.worker._pull_one(queue, left) if left > 0.001 else None
+                if job is None:
+                    break
+                pulled.append(job)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Redis away (a failover): the rows in hand decode on and their outcomes wait for it
+            # (`record`); a pull whose reply was lost left its jobs in the intermediate list, which
+            # the worker puts back when it is idle (QueueWorker.reconcile). Never fail held jobs.
+            log.warning("could not pull more jobs (%s); carrying on with %d pulled", exc, len(pulled))
         return [QueuedJob(job) for job in pulled]
 
     def record(self, start: Sequence[QueuedJob], done: Sequence[tuple[QueuedJob, Outcome]]) -> bool:
@@ -130,11 +145,15 @@ class JobFeed:
         """Jobs pulled but never admitted go back to the head of the queue, in order."""
         if not jobs:
             return
-        with self.worker.connection.pipeline() as pipe:
-            for q in reversed(jobs):
-                pipe.lrem(self.queue.intermediate_queue_key, 1, q.id)
-                pipe.lpush(self.queue.key, q.id)
-            pipe.execute()
+        try:
+            with self.worker.connection.pipeline() as pipe:
+                for q in reversed(jobs):
+                    pipe.lrem(self.queue.intermediate_queue_key, 1, q.id)
+                    pipe.lpush(self.queue.key, q.id)
+                pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Still in the intermediate list: put back when this worker, or its successor, resumes.
+            log.warning("could not put %d job(s) back on the queue now (%s)", len(jobs), exc)
 
 
 class StepLoop(Protocol):
