@@ -39,7 +39,7 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# The Sentinel failover test alone (kept out of `make test`: see tests/e2e/test_sentinel_failover.py).
+# The Sentinel failover test alone (it is also part of `make test`).
 test-failover: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m failover $(PYTEST_ARGS)
 

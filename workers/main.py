@@ -30,8 +30,7 @@ from workers.loader import load_model
 from workers.micro_batches import model_worker
 from workers.model_source import ModelLoadError
 from workers.probes import ProbeState, start_probes
-from workers.progress import beat as progress_beat
-from workers.progress import rest as progress_rest
+from workers.progress import waiting as progress_waiting
 from workers.runner import MicroBatchRunner
 from workers.streaming import DeltaPublisher
 
@@ -156,9 +155,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
             **rq_options,
         )
     member.on_beat = worker.maintain_running_heartbeats
-    # A blocking pull is bounded (DEQUEUE_WAIT_S, then the socket timeout), so one that outlasts
-    # WORKER_STALL_S is stuck: /livez counts it as work in progress, and idle again once it returns.
-    worker.on_pull = lambda pulling: progress_beat() if pulling else progress_rest()
+    worker.on_pull = progress_waiting  # /livez sees a wait for jobs that never returns
 
     # SIGUSR1 (Kubernetes' preStop): drain. The API stops routing here and the janitor moves the
     # waiting jobs to other workers; the micro-batch in hand finishes; SIGTERM then stops the process.

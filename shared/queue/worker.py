@@ -110,7 +110,7 @@ class QueueWorker(SimpleWorker):
         self.shutdown_requested = False
         self._beat_at = 0.0
         self._reconciled_at: float | None = None  # None: due before the next pull
-        # Told True before each blocking pull and False after it (the worker's /livez watches it).
+        # Told True as each turn of the wait for a job begins and False as it ends (/livez).
         self.on_pull: Callable[[bool], None] | None = None
 
     def request_stop(self, signum: Any, frame: Any) -> None:
@@ -122,8 +122,8 @@ class QueueWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        """rq's wait for the next job, in pulls of at most DEQUEUE_WAIT_S, each after a heartbeat and,
-        after a connection error or every RECONCILE_EVERY_S, a `reconcile`.
+        """rq's wait for the next job, in turns of at most DEQUEUE_WAIT_S: a heartbeat, a
+        `reconcile` (after a connection error, else every RECONCILE_EVERY_S), one blocking pull.
 
         rq's own wait retries a lost connection within itself and then pulls from whichever primary
         the sentinels name, so its caller never learnt that a failover happened; jobs the old
@@ -134,13 +134,7 @@ class QueueWorker(SimpleWorker):
         retry_s = 1.0
         while True:
             try:
-                self.heartbeat()
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
-                if self._reconciled_at is None or time.monotonic() - self._reconciled_at >= RECONCILE_EVERY_S:
-                    self.reconcile()
-                wait = None if timeout is None else max(1, min(timeout, DEQUEUE_WAIT_S))
-                result = self._dequeue(wait)
+                result = self._wait_turn(None if timeout is None else max(1, min(timeout, DEQUEUE_WAIT_S)))
                 if result is not None or timeout is None:
                     break
             except DequeueTimeout:
@@ -157,10 +151,17 @@ class QueueWorker(SimpleWorker):
         self.heartbeat()
         return result
 
-    def _dequeue(self, wait: int | None) -> tuple[Job, Queue] | None:
+    def _wait_turn(self, wait: int | None) -> tuple[Job, Queue] | None:
+        """One turn of the wait; every round trip in it is bounded (socket timeout), so `on_pull`
+        hears of its end however it ends."""
         if self.on_pull is not None:
             self.on_pull(True)
         try:
+            self.heartbeat()
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            if self._reconciled_at is None or time.monotonic() - self._reconciled_at >= RECONCILE_EVERY_S:
+                self.reconcile()
             result: tuple[Job, Queue] | None = self.queue_class.dequeue_any(
                 self._ordered_queues,
                 wait,
