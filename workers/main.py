@@ -69,7 +69,6 @@ def redis_client(settings: Settings) -> Redis:
 
 def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_threads: int | None = None) -> int:
     """Load the model on `device` and serve this worker's queue until SIGTERM/SIGINT."""
-
     label = device_label(device, index)
     configure_logging(settings, f"worker-{label}")
     if device.type == "cuda":
@@ -155,7 +154,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
             **rq_options,
         )
     member.on_beat = worker.maintain_running_heartbeats
-    worker.on_pull = progress_waiting  # /livez sees a wait for jobs that never returns
+    worker.on_wait = progress_waiting  # /livez sees a wait for jobs that never returns
 
     # SIGUSR1 (Kubernetes' preStop): drain. The API stops routing here and the janitor moves the
     # waiting jobs to other workers; the micro-batch in hand finishes; SIGTERM then stops the process.

@@ -40,5 +40,5 @@ def requeue_own_started(worker: SimpleWorker) -> int:
             # Gone, or ended already (an entry a retried start left behind): nothing to run.
             worker.connection.zrem(registry.key, f"{job_id}:{execution_id}")
     if moved:
-        log.warning("put %d job(s) this worker had started before its loop was interrupted back on the queue", moved)
+        log.warning("put %d job(s) started under this worker's name but not in its hands back on the queue", moved)
     return moved

@@ -111,7 +111,7 @@ class QueueWorker(SimpleWorker):
         self._beat_at = 0.0
         self._reconciled_at: float | None = None  # None: due before the next pull
         # Told True as each turn of the wait for a job begins and False as it ends (/livez).
-        self.on_pull: Callable[[bool], None] | None = None
+        self.on_wait: Callable[[bool], None] | None = None
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         """SIGTERM/SIGINT: stop pulling, finish the micro-batch in hand, then leave (rq's warm shutdown)."""
@@ -152,10 +152,10 @@ class QueueWorker(SimpleWorker):
         return result
 
     def _wait_turn(self, wait: int | None) -> tuple[Job, Queue] | None:
-        """One turn of the wait; every round trip in it is bounded (socket timeout), so `on_pull`
+        """One turn of the wait; every round trip in it is bounded (socket timeout), so `on_wait`
         hears of its end however it ends."""
-        if self.on_pull is not None:
-            self.on_pull(True)
+        if self.on_wait is not None:
+            self.on_wait(True)
         try:
             self.heartbeat()
             if self.should_run_maintenance_tasks:
@@ -172,8 +172,8 @@ class QueueWorker(SimpleWorker):
             )
             return result
         finally:
-            if self.on_pull is not None:
-                self.on_pull(False)
+            if self.on_wait is not None:
+                self.on_wait(False)
 
     def reconcile(self) -> int:
         """Only between units of work (nothing in hand): every job this worker's queue shows as

@@ -140,7 +140,7 @@ def test_livez_fails_while_a_wait_for_jobs_does_not_return(
     worker = MicroBatchWorker(
         [queue], connection=conn, name="silent-worker", handler=NeverRuns(), max_batch_size=1, batch_timeout_ms=0
     )
-    worker.on_pull = progress.waiting
+    worker.on_wait = progress.waiting
     silent = SilentRedis()  # from now on the worker's Redis stops answering
     conn.connection_pool.connection_kwargs.update(port=silent.port, socket_timeout=None)
     conn.connection_pool.disconnect()
