@@ -45,7 +45,7 @@ XDIST_ARGS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfi
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider $(XDIST_ARGS) $(PYTEST_ARGS)
 
-# The Sentinel failover test alone (kept out of `make test`: see tests/e2e/test_sentinel_failover.py).
+# The Sentinel failover test alone (it is also part of `make test`).
 test-failover: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m failover $(PYTEST_ARGS)
 

@@ -15,7 +15,9 @@ from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
 from redis.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 DEFAULT_SENTINEL_PORT = 26379
@@ -102,6 +104,19 @@ def sync_client(target: RedisTarget, **options: Any) -> Redis:
     return client
 
 
+class _AsyncSentinelConnection(AsyncSentinelManagedConnection):
+    """uvloop (the API's loop) raises RuntimeError, not an OSError, when a write meets a transport
+    that closed under it: a primary killed between our connect and its HELLO, or while a command
+    was on its way. redis-py has already dropped the connection then; calling it the connection
+    error it is lets the client's retry reach the new primary, and the API answer 503, not 500."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            raise RedisConnectionError(f"Connection lost while writing to socket ({exc}).") from exc
+
+
 class _BlockingSentinelPool(AsyncSentinelPool, BlockingConnectionPool):
     """Sentinel's pool (asks for the primary, drops connections to an old one) that waits for a
     free connection like BlockingConnectionPool instead of failing when all are in use."""
@@ -117,7 +132,6 @@ def async_client(target: RedisTarget, *, blocking_pool: bool = False, **options:
         return AsyncRedis.from_url(target.url, **options)
     sentinel = AsyncSentinel(list(target.sentinels), sentinel_kwargs=target._sentinel_options(options))  # type: ignore[no-untyped-call]
     pool_class = _BlockingSentinelPool if blocking_pool else AsyncSentinelPool
-    client: AsyncRedis = sentinel.master_for(
-        target.master, connection_pool_class=pool_class, **{**target._node_options(), **options}
-    )
+    node = {**target._node_options(), "connection_class": _AsyncSentinelConnection, **options}
+    client: AsyncRedis = sentinel.master_for(target.master, connection_pool_class=pool_class, **node)
     return client

@@ -18,8 +18,7 @@ from shared.blobstore import create_blob_store
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
 from shared.queue.continuous import FEED_SOCKET_TIMEOUT_S
-from shared.queue.resume import requeue_own_started
-from shared.queue.worker import QueueWorker
+from shared.queue.worker import DEQUEUE_WAIT_S, QueueWorker
 from shared.redis_connect import RedisTarget, sync_client
 from shared.settings import Settings
 from workers import metrics
@@ -33,6 +32,7 @@ from workers.loader import load_model
 from workers.micro_batches import model_worker
 from workers.model_source import ModelLoadError
 from workers.probes import ProbeState, start_probes
+from workers.progress import waiting as progress_waiting
 from workers.runner import MicroBatchRunner
 from workers.streaming import DeltaPublisher
 
@@ -50,14 +50,20 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
+# Longer than any reply the worker waits for: its blocking pulls (DEQUEUE_WAIT_S, the batch window).
+SOCKET_MARGIN_S = 20.0
+
+
 def redis_client(settings: Settings, socket_timeout: float | None = None) -> Redis:
-    # Short timeouts: a dead Redis must surface as an error quickly, never as a hang.
-    # With Sentinel, a connection error makes the next command ask for the primary again: the
-    # worker loop (`serve`) restarts on the new primary after a failover.
+    # Bounded timeouts: a dead Redis, or a connection whose peer vanished without a reset, must
+    # surface as an error, never as a wait forever. With Sentinel, a connection error (or a
+    # READONLY reply from a demoted primary) makes the next connection ask for the primary again;
+    # the worker's wait for jobs then puts back what the failover left in flight (`reconcile`).
+    longest_wait_s = max(float(DEQUEUE_WAIT_S), settings.batch_timeout_ms / 1000.0)
     return sync_client(
         RedisTarget.from_settings(settings),
         socket_connect_timeout=3,
-        socket_timeout=socket_timeout,
+        socket_timeout=socket_timeout if socket_timeout is not None else longest_wait_s + SOCKET_MARGIN_S,
         health_check_interval=15,
         retry_on_timeout=False,
     )
@@ -156,6 +162,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
             **rq_options,
         )
     member.on_beat = worker.maintain_running_heartbeats
+    worker.on_wait = progress_waiting  # /livez sees a wait for jobs that never returns
 
     # SIGUSR1 (Kubernetes' preStop): drain. The API stops routing here and the janitor moves the
     # waiting jobs to other workers; the micro-batch in hand finishes; SIGTERM then stops the process.
@@ -231,8 +238,7 @@ def serve(worker: QueueWorker, settings: Settings) -> None:
     while not worker.shutdown_requested:
         try:
             worker.restart_record()
-            worker.recover_intermediate()
-            requeue_own_started(worker)  # started before an interruption, never run
+            worker.reconcile()  # pulled or started before an interruption, never run
             worker.work(logging_level="DEBUG" if settings.debug else "WARNING")
         except (RedisError, OSError, ValueError) as exc:
             log.warning("worker loop interrupted (%s); reconnecting", exc)

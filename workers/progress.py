@@ -31,3 +31,13 @@ def rest() -> None:
 def stalled_s() -> float:
     """Seconds the loop has had work without advancing (0 when idle)."""
     return time.monotonic() - _last_beat if _working else 0.0
+
+
+def waiting(active: bool) -> None:
+    """The worker's wait for its next job, one bounded turn at a time (a pull of a few seconds,
+    each reply within the socket timeout): a turn that outlasts WORKER_STALL_S is stuck, so it
+    counts as work while it runs, and the worker is idle again once it ends."""
+    if active:
+        beat()
+    else:
+        rest()

@@ -44,11 +44,11 @@ from rq.worker import WorkerStatus
 
 from shared.contract import JobError, JobResult
 from shared.queue.finish import StartedJob, finish_commands
-from shared.queue.worker import HEARTBEAT_EVERY_S, QueueWorker, retried
+from shared.queue.resume import requeue_own_started
+from shared.queue.worker import HEARTBEAT_EVERY_S, RECONCILE_EVERY_S, QueueWorker, retried
 from shared.redis_text import text, texts
 
 log = logging.getLogger("omega.worker.feeder")
-
 Outcome = JobResult | JobError
 SUSPEND_CHECK_S = 0.2
 # The longest one blocking pull waits (Redis answers at once when a job is pushed; this only
@@ -328,6 +328,14 @@ class Feeder:
                     self._held.pop(job_id, None)
         return jobs
 
+    def adopt_strays(self) -> None:
+        """Have the feeder thread take, with its next pull, every id in the intermediate list that
+        nothing here holds (a failover can leave pulls there whose finish was never replicated).
+        On the feeder thread, after its own pull, so no pull of ours is in flight meanwhile."""
+        with self.cond:
+            self._lost_reply = True
+            self.cond.notify_all()
+
     def _adopt(self) -> list[QueuedJob]:
         """After a failed pull: ids in this queue's intermediate list that nothing here holds
         were moved by a pull whose reply was lost. Only this worker pulls from its queue."""
@@ -464,6 +472,8 @@ class ContinuousWorker(QueueWorker):
         self.set_state(WorkerStatus.IDLE)
         while True:
             self.heartbeat()
+            if self._reconciled_at is None or time.monotonic() - self._reconciled_at >= RECONCILE_EVERY_S:
+                self.reconcile_idle(feeder)
             taken = feeder.take(HEARTBEAT_EVERY_S, limit=1)  # the rest: the loop's first take
             if taken:
                 self._first = taken[0]
@@ -472,6 +482,15 @@ class ContinuousWorker(QueueWorker):
                 raise RuntimeError("the feeder thread died")  # rq's loop ends; serve() restarts it
             if self._burst and feeder.settled_empty():
                 return None
+
+    def reconcile_idle(self, feeder: Feeder) -> None:
+        """`reconcile` for a worker whose feeder may hold pulled jobs: idle, nothing here is
+        started, so every job started under this worker's name goes back to run again; pulled
+        ids nothing holds are taken by the feeder itself (`adopt_strays`). After a failover these
+        are the jobs whose start or pull the promoted replica got but not their finish."""
+        requeue_own_started(self)
+        feeder.adopt_strays()
+        self._reconciled_at = time.monotonic()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         # Busy from here: a SIGTERM now means "finish the running rows", not "stop at once".

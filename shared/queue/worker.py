@@ -7,6 +7,10 @@ one (execution record, started registry, heartbeats), hands the micro-batch to a
 `MicroBatchHandler` (workers/ runs the model there) and ends every job with `finish_batch`, so
 each lands in rq's finished or failed registry and its result on the stream the API blocks on.
 
+Between units of work the worker holds nothing, so its wait for the next job also puts back what its
+queue still shows in flight (`reconcile`): a Redis failover or a lost reply can leave jobs pulled or
+started under this worker's name that it no longer has in hand, and nothing else would run them.
+
 rq does its bookkeeping one job at a time in several round trips each (its success path alone
 WATCHes for dependents, which our jobs never have); per micro-batch that cost as much as
 generating, so here the start and the finish of a whole micro-batch are one pipeline each.
@@ -24,6 +28,7 @@ from typing import Any, Protocol
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -33,6 +38,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from shared.contract import JobError, JobResult
 from shared.queue import jobs
 from shared.queue.finish import StartedJob, finish_batch
+from shared.queue.resume import requeue_own_started
 from shared.redis_text import text, texts
 from shared.serializer import MsgpackSerializer
 
@@ -40,6 +46,11 @@ log = logging.getLogger("omega.worker.rq")
 HEARTBEAT_EVERY_S = 1.0
 # How long a finished job's outcome is held while Redis is unreachable.
 RECORD_PATIENCE_S = 600.0
+# The idle wait's blocking pull: bounded, so the wait checks its queue (`reconcile`) at least this
+# often, and far below the worker connections' socket timeout (workers/main.py), so a reply that
+# never comes ends as a timeout instead of a wait forever.
+DEQUEUE_WAIT_S = 5
+RECONCILE_EVERY_S = 5.0
 
 Outcome = JobResult | JobError
 
@@ -98,11 +109,80 @@ class QueueWorker(SimpleWorker):
         self._running_lock = threading.Lock()
         self.shutdown_requested = False
         self._beat_at = 0.0
+        self._reconciled_at: float | None = None  # None: due before the next pull
+        # Told True as each turn of the wait for a job begins and False as it ends (/livez).
+        self.on_wait: Callable[[bool], None] | None = None
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         """SIGTERM/SIGINT: stop pulling, finish the micro-batch in hand, then leave (rq's warm shutdown)."""
         self.shutdown_requested = True
         super().request_stop(signum, frame)
+
+    # --- waiting for the next job --------------------------------------------------------------
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """rq's wait for the next job, in turns of at most DEQUEUE_WAIT_S: a heartbeat, a
+        `reconcile` (after a connection error, else every RECONCILE_EVERY_S), one blocking pull.
+
+        rq's own wait retries a lost connection within itself and then pulls from whichever primary
+        the sentinels name, so its caller never learnt that a failover happened; jobs the old
+        primary's last moments left pulled or started under this worker's name (their finish not
+        replicated, or a reply lost with the connection) then waited forever."""
+        self.set_state(WorkerStatus.IDLE)
+        idle_since = time.monotonic()
+        retry_s = 1.0
+        while True:
+            try:
+                result = self._wait_turn(None if timeout is None else max(1, min(timeout, DEQUEUE_WAIT_S)))
+                if result is not None or timeout is None:
+                    break
+            except DequeueTimeout:
+                retry_s = 1.0
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._reconciled_at = None
+                log.warning("Redis unreachable while waiting for jobs (%s); retrying in %.0f s", exc, retry_s)
+                time.sleep(retry_s)
+                retry_s = min(retry_s * 2, self.max_connection_wait_time)
+            if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                return None
+        if result is not None:
+            result[0].redis_server_version = self.get_redis_server_version()
+        self.heartbeat()
+        return result
+
+    def _wait_turn(self, wait: int | None) -> tuple[Job, Queue] | None:
+        """One turn of the wait; every round trip in it is bounded (socket timeout), so `on_wait`
+        hears of its end however it ends."""
+        if self.on_wait is not None:
+            self.on_wait(True)
+        try:
+            self.heartbeat()
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            if self._reconciled_at is None or time.monotonic() - self._reconciled_at >= RECONCILE_EVERY_S:
+                self.reconcile()
+            result: tuple[Job, Queue] | None = self.queue_class.dequeue_any(
+                self._ordered_queues,
+                wait,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
+            return result
+        finally:
+            if self.on_wait is not None:
+                self.on_wait(False)
+
+    def reconcile(self) -> int:
+        """Only between units of work (nothing in hand): every job this worker's queue shows as
+        pulled (intermediate list) or started under its name goes back to the front of the queue
+        to run again. After a failover those are jobs whose pull or start the promoted replica got
+        but whose finish it did not; returns how many."""
+        moved = self.recover_intermediate() + requeue_own_started(self)
+        self._reconciled_at = time.monotonic()
+        return moved
 
     # --- pulling a micro-batch -------------------------------------------------------------
     def _pull_one(self, queue: Queue, timeout_s: float) -> Job | None:
@@ -221,13 +301,14 @@ class QueueWorker(SimpleWorker):
         self.last_cleaned_at = now()
 
     def recover_intermediate(self) -> int:
-        """At start: jobs a previous process on this queue pulled but never started go back."""
+        """Jobs pulled from this queue but never started (by this worker before an interruption, or
+        by a previous process on the queue) go back; only while this worker holds nothing."""
         moved = 0
         for queue in self.queues:
             while self.connection.lmove(queue.intermediate_queue_key, queue.key, "RIGHT", "LEFT") is not None:
                 moved += 1
         if moved:
-            log.warning("put %d job(s) left in flight by a previous worker back on the queue", moved)
+            log.warning("put %d job(s) pulled but never started back on the queue", moved)
         return moved
 
     def restart_record(self) -> None:

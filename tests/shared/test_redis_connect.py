@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import Iterator
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.redis_connect import RedisTarget, async_client, parse_sentinels, sync_client
+from shared.redis_connect import RedisTarget, _AsyncSentinelConnection, async_client, parse_sentinels, sync_client
 from tests.support.procs import RedisServer, wait_for
 from tests.support.sentinel import MASTER, SentinelCluster, start_sentinel_cluster
 
@@ -97,3 +98,23 @@ def test_settings_describe_the_sentinel_target() -> None:
     assert load_settings(environ={**env, "REDIS_WAIT_REPLICAS": "2"}).wait_replicas == 2
     with pytest.raises(SettingsError, match="REDIS_SENTINELS"):
         load_settings(environ={"REDIS_SENTINELS": "a:b"})
+
+
+def test_a_write_on_a_transport_closed_under_it_is_a_connection_error(redis_server: RedisServer) -> None:
+    """Under uvloop (the API's loop) a write on a transport that closed under the connection
+    (the primary died between connect and HELLO, or mid-command) raised RuntimeError, which the
+    API answered 500 during a failover; it is a connection error (the client retries, the API
+    answers 503)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def write_after_the_peer_went() -> None:
+        conn = _AsyncSentinelConnection(connection_pool=types.SimpleNamespace(check_connection=False))
+        await conn.connect_to(("127.0.0.1", redis_server.port))  # the address the sentinels named
+        await conn.send_command("PING")
+        assert await conn.read_response() == b"PONG"
+        conn._writer.transport.abort()  # as a reset from the dying primary does
+        await asyncio.sleep(0.05)  # uvloop closes its handle
+        with pytest.raises(RedisConnectionError, match="Connection lost while writing"):
+            await conn.send_command("PING")
+
+    uvloop.run(write_after_the_peer_went())

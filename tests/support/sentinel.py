@@ -1,4 +1,4 @@
-"""A real Redis Sentinel deployment for tests: a primary, a replica and three sentinels, each its
+"""A real Redis Sentinel deployment for tests: a primary, its replicas and three sentinels, each its
 own redis-server process on a free port, with failover tuned to take a few seconds."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,11 +95,23 @@ class SentinelCluster:
         _, port = Redis(port=self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER)
         return int(port)
 
-    def kill_primary(self) -> int:
-        """SIGKILL the current primary; returns its port."""
+    def kill_primary(self, replica_lag_s: float = 0.0) -> int:
+        """SIGKILL the current primary; returns its port. With `replica_lag_s`, the replicas are
+        stopped (SIGSTOP) that long before the kill and resumed after it: the primary dies with
+        that much of its writes unreplicated, as it would behind lagging replicas. Keep it under
+        the sentinels' down-after-milliseconds, or they would judge the replicas down too."""
         port = self.primary_port()
-        self.processes[port].send_signal(signal.SIGKILL)
-        self.processes[port].wait(10)
+        replicas = [p for p in self.data_ports if p != port and self.processes[p].poll() is None]
+        try:
+            if replica_lag_s:
+                for replica in replicas:
+                    self.processes[replica].send_signal(signal.SIGSTOP)
+                time.sleep(replica_lag_s)
+            self.processes[port].send_signal(signal.SIGKILL)
+            self.processes[port].wait(10)
+        finally:
+            for replica in replicas:
+                self.processes[replica].send_signal(signal.SIGCONT)
         return port
 
     def wait_failover(self, old: int, timeout: float = 30) -> int:

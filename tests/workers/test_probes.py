@@ -1,17 +1,26 @@
-"""The worker's probe endpoints over real HTTP, and the decoding loops' pulse they read."""
+"""The worker's probe endpoints over real HTTP, and the pulse they read: the decoding loops', and
+the wait for the next job's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from rq.queue import Queue
 
+from shared.queue.worker import MicroBatchWorker
+from shared.serializer import MsgpackSerializer
+from tests.support.procs import RedisServer, wait_for
+from tests.support.queue import NeverRuns
 from tests.workers.test_engine import job
 from workers import progress
 from workers.continuous.scheduler import ContinuousEngine
@@ -96,3 +105,51 @@ def test_the_continuous_engine_beats_every_step_then_rests(engine: Engine, monke
     ce.run_until_idle()
     assert done and len(beats) >= ce.steps >= 7
     assert progress.stalled_s() == 0.0
+
+
+class SilentRedis:
+    """A TCP server that accepts connections and never answers: a Redis whose replies stopped
+    coming (a peer gone without a reset). Closing it ends every connection it holds."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.held.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_livez_fails_while_a_wait_for_jobs_does_not_return(
+    probes: tuple[ProbeState, str, int], redis_server: RedisServer
+) -> None:
+    """The wait for the next job counts as work while one of its turns is out: a turn whose reply
+    never comes (here: no socket timeout, as worker connections once had) fails /livez."""
+    state, base, _ = probes
+    state.set_state("ready")
+    conn = redis_server.client(db=14)
+    queue = Queue("omega.silent", connection=conn, serializer=MsgpackSerializer)
+    worker = MicroBatchWorker(
+        [queue], connection=conn, name="silent-worker", handler=NeverRuns(), max_batch_size=1, batch_timeout_ms=0
+    )
+    worker.on_wait = progress.waiting
+    silent = SilentRedis()  # from now on the worker's Redis stops answering
+    conn.connection_pool.connection_kwargs.update(port=silent.port, socket_timeout=None)
+    conn.connection_pool.disconnect()
+    waiting = threading.Thread(target=worker.dequeue_job_and_maintain_ttl, args=(1, 1), daemon=True)
+    waiting.start()
+    try:
+        wait_for(lambda: status(base, "/livez") == 503, 30, "/livez to fail on the stuck wait")
+    finally:
+        silent.close()  # the turn ends with a connection error; max_idle_time ends the wait
+    waiting.join(60)
+    assert not waiting.is_alive()
+    assert status(base, "/livez") == 200  # idle again

@@ -130,3 +130,26 @@ def test_a_dead_feeder_fails_livez(rig_factory: Callable[..., Rig], monkeypatch:
     feeder.thread.join(60)
     assert not feeder.thread.is_alive()
     assert probes.answer("/livez")[0] == 503
+
+
+def test_an_idle_worker_runs_again_what_a_failover_left_in_flight(rig_factory: Callable[..., Rig]) -> None:
+    """The promoted replica can show a job pulled (intermediate list) and one started under this
+    worker's name whose finishes it never got, while the worker, which rode out the failover, holds
+    neither. Nothing else would run them (the janitor leaves a live worker's jobs alone): the
+    worker's idle wait puts them back, without a restart of its loop."""
+    rig = rig_factory("llama")
+    for job_id in ("pulled", "started"):
+        rig.enqueue(job(rig, job_id, 3))
+    assert rig.conn.lpop(rig.queue.key) == b"pulled" and rig.conn.lpop(rig.queue.key) == b"started"
+    rig.conn.rpush(rig.queue.intermediate_queue_key, "pulled", "started")
+    with rig.conn.pipeline() as pipe:
+        rig.worker._start_commands([rig.job("started")], rig.queue, pipe)
+        pipe.execute()
+    rig.conn.delete(rig.worker.key)  # its start wrote the worker's record; the worker now starts afresh
+    assert rig.conn.lrange(rig.queue.intermediate_queue_key, 0, -1) == [b"pulled"]
+    rig.run()
+    assert rig.result("pulled").completion_tokens == 3
+    assert rig.result("started").completion_tokens == 3
+    assert rig.conn.llen(rig.queue.intermediate_queue_key) == 0
+    registry = StartedJobRegistry(rig.queue.name, connection=rig.conn, serializer=MsgpackSerializer)
+    assert registry.get_job_ids() == []
