@@ -199,7 +199,7 @@ def _p(values: list[float], q: float) -> float:
 
 def compare(start_worker: Callable[..., None], url: str, quick: bool) -> list[str]:
     """The report's table: each figure for ENGINE=static and ENGINE=continuous, and their ratio."""
-    n_idle, n_short, total, n_probe = (6, 12, 32, 4) if quick else (30, 60, 96, 20)
+    n_idle, n_short, total, n_probe = (4, 8, 16, 3) if quick else (30, 60, 96, 20)
     figures: dict[str, dict[str, float]] = {}
     for engine in ("static", "continuous"):
         start_worker(MAX_BATCH_SIZE="8", ENGINE=engine)

@@ -159,7 +159,7 @@ def ms(value: float) -> str:
 
 # --- the suite -----------------------------------------------------------------------------------
 def run(quick: bool) -> str:
-    n_latency, n_through, n_images = (10, 32, 16) if quick else (40, 96, 48)
+    n_latency, n_through, n_images = (6, 16, 8) if quick else (40, 96, 48)
     command = "make bench" + (" BENCH_ARGS=--quick" if quick else "")
     report = Report()
     data = ROOT / ".omega" / "bench"

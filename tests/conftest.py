@@ -3,7 +3,6 @@ a local image host (the only thing outside the system), and running service stac
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,9 +44,19 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
-    from workers.demo_model import build_demo_model
+    """Built once per checkout and shared by every xdist worker (a lock: one builder at a time);
+    keyed by the builder's source and transformers' version, so a change to either rebuilds it.
+    Tests only read it (those that need a changed model copy it first)."""
+    import hashlib
 
-    return build_demo_model(Path(tempfile.mkdtemp(prefix="omega-demo-")) / "demo-model")
+    import transformers
+
+    from workers import demo_model
+
+    source = Path(demo_model.__file__).read_bytes() + transformers.__version__.encode()
+    key = hashlib.sha256(source).hexdigest()[:12]
+    root = Path(__file__).resolve().parents[1]
+    return demo_model.ensure_demo_model(root / ".omega" / "test" / f"demo-model-{key}")
 
 
 @pytest.fixture(scope="session")
