@@ -114,7 +114,9 @@ def fleet(demo_model_dir: Path) -> Iterator[Fleet]:
 
 def test_sigkill_mid_batch_loses_nothing(fleet: Fleet) -> None:
     with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(lambda i: fleet.submit(long_job(i)), range(40)))
+        # Long enough that rows are still running once the last submit returns, on a busy machine
+        # where submits are slow and the continuous workers quick.
+        ids = list(pool.map(lambda i: fleet.submit(long_job(i, tokens=200)), range(40)))
     victim = fleet.busy_worker()
     os.kill(victim.pid, signal.SIGKILL)
     outcomes = [fleet.final(job_id) for job_id in ids]
