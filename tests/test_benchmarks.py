@@ -100,6 +100,8 @@ def test_gpu_engine_benchmark_runs_its_whole_path_on_a_tiny_model(tmp_path: Path
         "1",
         "--bandwidth-tbs",
         "1",
+        "--max-model-length",
+        "1024",
         "--out",
         str(out),
         timeout=900,
