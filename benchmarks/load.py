@@ -62,24 +62,8 @@ class Connection:
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80, limit=2**22)
         return cls(reader, writer, parts.netloc)
 
-    async def post(self, path: str, body: bytes) -> Reply:
-        started = time.perf_counter()
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.writer.write(head + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        length = next(int(v) for k, _, v in (line.partition(":") for line in lines[1:]) if k.lower() == "content-length")
-        payload = await self.reader.readexactly(length)
-        return Reply(status, payload, time.perf_counter() - started)
-
-    async def stream(self, path: str, body: bytes) -> Streamed:
-        """POST a streaming request and read its chunked SSE answer to the end, noting when the
-        first chunk with generated text arrived."""
-        started = time.perf_counter()
+    async def _send(self, path: str, body: bytes) -> tuple[int, dict[str, str]]:
+        """POST `body`; the answer's status and headers (names lower-cased)."""
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
@@ -89,6 +73,19 @@ class Connection:
         lines = raw.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        return status, headers
+
+    async def post(self, path: str, body: bytes) -> Reply:
+        started = time.perf_counter()
+        status, headers = await self._send(path, body)
+        payload = await self.reader.readexactly(int(headers["content-length"]))
+        return Reply(status, payload, time.perf_counter() - started)
+
+    async def stream(self, path: str, body: bytes) -> Streamed:
+        """POST a streaming request and read its chunked SSE answer to the end, noting when the
+        first chunk with generated text arrived."""
+        started = time.perf_counter()
+        status, headers = await self._send(path, body)
         if headers.get("transfer-encoding", "").lower() != "chunked":  # an error answer, not a stream
             payload = await self.reader.readexactly(int(headers.get("content-length", "0")))
             return Streamed(status, payload, None, time.perf_counter() - started)
@@ -122,7 +119,9 @@ def sequential(url: str, path: str, bodies: Sequence[dict[str, Any]]) -> list[Re
     return _run(go())
 
 
-def concurrent(url: str, path: str, total: int, clients: int, make: Callable[[int], dict[str, Any]]) -> tuple[float, list[Reply]]:
+def concurrent(
+    url: str, path: str, total: int, clients: int, make: Callable[[int], dict[str, Any]]
+) -> tuple[float, list[Reply]]:
     """(wall seconds, replies in request order): `clients` connections sending `total` requests
     back to back, each client taking the next request as soon as its previous one is answered."""
     bodies = [msgspec.json.encode(make(i)) for i in range(total)]  # encoded before the clock starts
