@@ -41,6 +41,30 @@ class MicroBatchItem:
 Outcome = JobResult | JobError
 
 
+def row_result(
+    output: RowOutput, *, queue_seconds: float, generation_seconds: float, micro_batch: tuple[str, int], worker: str
+) -> JobResult:
+    """A finished row's result (either engine), counted in the worker's metrics."""
+    metrics.GENERATED_TOKENS.inc(output.completion_tokens)
+    metrics.PROMPT_TOKENS.inc(output.prompt_tokens)
+    if output.first_token_seconds is not None:
+        metrics.TIME_TO_FIRST_TOKEN.observe(output.first_token_seconds)
+    return JobResult(
+        text=output.text,
+        finish_reason=output.finish_reason,
+        prompt_tokens=output.prompt_tokens,
+        completion_tokens=output.completion_tokens,
+        truncated_prompt_tokens=output.truncated_prompt_tokens,
+        queue_seconds=max(0.0, queue_seconds),
+        generation_seconds=generation_seconds,
+        first_token_seconds=output.first_token_seconds,
+        micro_batch_id=micro_batch[0],
+        micro_batch_size=micro_batch[1],
+        worker=worker,
+        seed=output.seed,
+    )
+
+
 def job_error(exc: Exception, job_id: str) -> JobError:
     if isinstance(exc, ServiceError):
         return JobError(
@@ -165,22 +189,11 @@ class MicroBatchRunner:
             elif row.plan.cancel_step is not None:
                 outcomes[index] = canceled_error(row.job.id, running=True)
             else:
-                metrics.GENERATED_TOKENS.inc(output.completion_tokens)
-                metrics.PROMPT_TOKENS.inc(output.prompt_tokens)
-                if output.first_token_seconds is not None:
-                    metrics.TIME_TO_FIRST_TOKEN.observe(output.first_token_seconds)
-                outcomes[index] = JobResult(
-                    text=output.text,
-                    finish_reason=output.finish_reason,
-                    prompt_tokens=output.prompt_tokens,
-                    completion_tokens=output.completion_tokens,
-                    truncated_prompt_tokens=output.truncated_prompt_tokens,
-                    queue_seconds=max(0.0, started - items[index].enqueued_at),
+                outcomes[index] = row_result(
+                    output,
+                    queue_seconds=started - items[index].enqueued_at,
                     generation_seconds=elapsed,
-                    first_token_seconds=output.first_token_seconds,
-                    micro_batch_id=micro_batch_id,
-                    micro_batch_size=len(ready),
+                    micro_batch=(micro_batch_id, len(ready)),
                     worker=self.worker_name,
-                    seed=output.seed,
                 )
         return [outcomes[i] for i in range(len(items))]

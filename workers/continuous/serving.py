@@ -34,7 +34,6 @@ from redis import Redis
 from shared.contract import (
     JobError,
     JobPayload,
-    JobResult,
     TextPart,
     canceled_error,
     decode_payload,
@@ -49,7 +48,7 @@ from workers.cancel_watch import CancelWatch
 from workers.continuous.scheduler import ContinuousEngine, Limits, RowStepError
 from workers.engine import Engine, RowOutput, Tools
 from workers.images import ImageLoader
-from workers.runner import job_error
+from workers.runner import job_error, row_result
 
 log = logging.getLogger("omega.worker.continuous")
 
@@ -282,25 +281,14 @@ class StepServer:
             self._end(entry, canceled_error(entry.id, running=plan.cancel_step > 0))
             return
         seconds = time.perf_counter() - entry.admitted_perf
-        metrics.GENERATED_TOKENS.inc(output.completion_tokens)
-        metrics.PROMPT_TOKENS.inc(output.prompt_tokens)
-        if output.first_token_seconds is not None:
-            metrics.TIME_TO_FIRST_TOKEN.observe(output.first_token_seconds)
         if self.on_row is not None:
             self.on_row(seconds)
-        result = JobResult(
-            text=output.text,
-            finish_reason=output.finish_reason,
-            prompt_tokens=output.prompt_tokens,
-            completion_tokens=output.completion_tokens,
-            truncated_prompt_tokens=output.truncated_prompt_tokens,
-            queue_seconds=max(0.0, entry.admitted_at - entry.queued.enqueued_at),
+        result = row_result(
+            output,
+            queue_seconds=entry.admitted_at - entry.queued.enqueued_at,
             generation_seconds=seconds,
-            first_token_seconds=output.first_token_seconds,
-            micro_batch_id=entry.group,
-            micro_batch_size=entry.group_size,
+            micro_batch=(entry.group, entry.group_size),
             worker=self.worker_name,
-            seed=output.seed,
         )
         self._end(entry, result)
 
