@@ -294,11 +294,15 @@ class Feeder:
         self._hold_ids(more)
         hashes = [replies[0]]
         if more:
-            with conn.pipeline(transaction=False) as pipe:
-                for job_id in more:
-                    pipe.hgetall(Job.key_for(job_id))
-                hashes += pipe.execute()
+            hashes += self._hashes(more)
         return self._jobs([first_id, *more], hashes)
+
+    def _hashes(self, ids: list[str]) -> list[Any]:
+        """The job hashes of `ids`, in one round trip."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(Job.key_for(job_id))
+            return list(pipe.execute())
 
     def _hold_ids(self, ids: list[str]) -> None:
         with self.cond:
@@ -346,11 +350,7 @@ class Feeder:
         if not ids:
             return []
         log.warning("adopting %d pulled job(s) whose pull reply was lost", len(ids))
-        with self.conn.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hgetall(Job.key_for(job_id))
-            hashes = pipe.execute()
-        return self._jobs(ids, hashes)
+        return self._jobs(ids, self._hashes(ids))
 
 
 class JobFeed:
