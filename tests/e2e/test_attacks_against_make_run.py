@@ -30,6 +30,7 @@ from PIL import Image
 from redis import Redis
 
 from shared import keys
+from shared.settings_sources import load_settings
 from tests.e2e.test_make_run import descendants, start_make_run
 from tests.support.api_thread import livez_during
 from tests.support.assertions import assert_openai_error
@@ -46,7 +47,10 @@ REQUEST_TIMEOUT_S = 4.0  # short enough for the SDK case, long enough to tell a 
 BATCH_LANE_MAX = 4  # the review put 1,000 jobs in an uncapped lane; a few show the cap
 BATCH_QUEUE_DEPTH = 2  # lane jobs fed onto a worker's queue ahead of its work
 HUGE = 18446744073709551616  # 2**64
-LONG = {"max_tokens": 4096, "min_tokens": 4096, "temperature": 0.8}  # seconds of demo-model work
+# Seconds of demo-model work: well past REQUEST_TIMEOUT_S even on a quiet machine (4096 tokens took
+# 3.1 s once the continuous worker pulled off its decoding loop).
+LONG_TOKENS = 8000
+LONG = {"max_tokens": LONG_TOKENS, "min_tokens": LONG_TOKENS, "temperature": 0.8}
 HI = [{"role": "user", "content": "hi"}]
 FINAL_JOB = ("succeeded", "failed", "canceled", "expired")
 FINAL_BATCH = ("completed", "failed", "cancelled", "expired")
@@ -86,7 +90,7 @@ def service(image_host: ImageHost) -> Iterator[Service]:
         REDIS_URL=redis_url,
         HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         REQUEST_TIMEOUT_S=str(REQUEST_TIMEOUT_S),
-        MAX_NEW_TOKENS_DEFAULT="4096",
+        MAX_NEW_TOKENS_DEFAULT=str(LONG_TOKENS),
         BATCH_LANE_MAX=str(BATCH_LANE_MAX),
         BATCH_QUEUE_DEPTH=str(BATCH_QUEUE_DEPTH),
         IMAGE_FETCH_TIMEOUT_S=str(FETCH_TIMEOUT_S),
@@ -167,12 +171,20 @@ def test_bad_batch_lines_are_error_rows_and_block_no_batch(service: Service) -> 
 
 
 def test_the_batch_lane_is_capped_with_a_503(service: Service) -> None:
-    # A long interactive job holds the one worker; the feeder moves BATCH_QUEUE_DEPTH lane jobs
-    # onto its queue, the rest wait in the lane, and one past BATCH_LANE_MAX is refused.
-    holder = service.http.post("/v1/jobs", json={"messages": HI, **LONG})
-    assert holder.status_code == 202, holder.text
-    service.jobs.append(holder.json()["id"])
-    service.canceled.append(holder.json()["id"])
+    # Long interactive jobs take every slot of the one worker (a continuous worker runs lane jobs
+    # beside a single long one); the feeder moves BATCH_QUEUE_DEPTH lane jobs onto its queue, the
+    # rest wait in the lane, and one past BATCH_LANE_MAX is refused.
+    holders = []
+    for _ in range(load_settings(environ={}).max_batch_size):  # the service runs on the defaults
+        holder = service.http.post("/v1/jobs", json={"messages": HI, **LONG})
+        assert holder.status_code == 202, holder.text
+        holders.append(holder.json()["id"])
+    service.jobs.extend(holders)
+    service.canceled.extend(holders)
+    deadline = time.monotonic() + 60
+    while any(service.http.get(f"/v1/jobs/{h}").json()["status"] != "running" for h in holders):
+        assert time.monotonic() < deadline, "the long jobs did not all start"
+        time.sleep(0.1)
     replies = []
     for _ in range(BATCH_LANE_MAX + BATCH_QUEUE_DEPTH + 4):
         replies.append(service.http.post("/v1/jobs", json={"messages": HI, "max_tokens": 2, "priority": "batch"}))
@@ -184,7 +196,8 @@ def test_the_batch_lane_is_capped_with_a_503(service: Service) -> None:
     assert len(replies) - 1 <= BATCH_LANE_MAX + BATCH_QUEUE_DEPTH + 1, [reply.status_code for reply in replies]
     assert assert_openai_error(replies[-1], 503)["code"] == "batch_lane_full"
     assert int(replies[-1].headers["retry-after"]) > 0
-    assert service.http.delete(f"/v1/jobs/{holder.json()['id']}").status_code == 200
+    for holder_id in holders:
+        assert service.http.delete(f"/v1/jobs/{holder_id}").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -321,8 +334,8 @@ def test_the_sdk_with_default_retries_runs_the_job_once(service: Service) -> Non
         client.chat.completions.create(
             model="model",
             messages=[{"role": "user", "content": "hi"}],
-            max_tokens=4096,
-            extra_body={"min_tokens": 4096},
+            max_tokens=LONG_TOKENS,
+            extra_body={"min_tokens": LONG_TOKENS},
         )
     took = time.monotonic() - started
     print(f"SDK call answered {timeout.value.status_code} after {took:.1f} s")
