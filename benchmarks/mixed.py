@@ -197,32 +197,48 @@ def _p(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
 
+def counts(quick: bool) -> tuple[int, int, int, int]:
+    """Idle requests, short requests of the mixed run, uniform/lengths requests, TTFT probes."""
+    return (4, 8, 16, 3) if quick else (30, 60, 96, 20)
+
+
+def measure(url: str, quick: bool) -> dict[str, float]:
+    """Every figure of the table for the worker now serving `url`."""
+    n_idle, n_short, total, n_probe = counts(quick)
+    idle(url, 3)  # warm-up
+    alone = idle(url, n_idle)
+    first = ttft(url, n_idle)
+    beside_long = ttft_under_load(url, n_probe, 4, LONG_TOKENS)
+    beside_uniform = ttft_under_load(url, n_probe, 16, 32)
+    run = mixed(url, n_short, gap_s=0.03, long_clients=4)
+    uniform = throughput(url, total, 16, (32,))
+    lengths = throughput(url, total, 16, MIXED_LENGTHS)
+    return {
+        "idle": _p(alone, 50),
+        "ttft": _p(first, 50),
+        "ttft_long": _p(beside_long, 50),
+        "ttft_uniform": _p(beside_uniform, 50),
+        "short50": _p(run.short, 50),
+        "short99": _p(run.short, 99),
+        "long50": _p(run.long, 50),
+        "long_tps": run.long_tokens_per_s,
+        "uniform": uniform,
+        "lengths": lengths,
+    }
+
+
 def compare(start_worker: Callable[..., None], url: str, quick: bool) -> list[str]:
     """The report's table: each figure for ENGINE=static and ENGINE=continuous, and their ratio."""
-    n_idle, n_short, total, n_probe = (4, 8, 16, 3) if quick else (30, 60, 96, 20)
     figures: dict[str, dict[str, float]] = {}
     for engine in ("static", "continuous"):
         start_worker(MAX_BATCH_SIZE="8", ENGINE=engine)
-        idle(url, 3)  # warm-up
-        alone = idle(url, n_idle)
-        first = ttft(url, n_idle)
-        beside_long = ttft_under_load(url, n_probe, 4, LONG_TOKENS)
-        beside_uniform = ttft_under_load(url, n_probe, 16, 32)
-        run = mixed(url, n_short, gap_s=0.03, long_clients=4)
-        uniform = throughput(url, total, 16, (32,))
-        lengths = throughput(url, total, 16, MIXED_LENGTHS)
-        figures[engine] = {
-            "idle": _p(alone, 50),
-            "ttft": _p(first, 50),
-            "ttft_long": _p(beside_long, 50),
-            "ttft_uniform": _p(beside_uniform, 50),
-            "short50": _p(run.short, 50),
-            "short99": _p(run.short, 99),
-            "long50": _p(run.long, 50),
-            "long_tps": run.long_tokens_per_s,
-            "uniform": uniform,
-            "lengths": lengths,
-        }
+        figures[engine] = measure(url, quick)
+    return table(figures, quick)
+
+
+def table(figures: dict[str, dict[str, float]], quick: bool) -> list[str]:
+    """The table and its summary lines from `measure`'s figures of each engine."""
+    n_idle, n_short, _, n_probe = counts(quick)
     s, c = figures["static"], figures["continuous"]
     rows = [
         ("idle: one 4-token request, p50", "idle", "ms"),

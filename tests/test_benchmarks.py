@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# The scripts run for minutes on a loaded two-core machine: their own subprocess timeouts rule, not
+# the suite-wide 300 s one.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def run_module(*args: str, timeout: float) -> str:

@@ -7,7 +7,7 @@ import pytest
 
 from tests.test_benchmarks import run_module
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # its own subprocess timeout rules
 
 
 def test_continuous_core_benchmark_reports_both_engines() -> None:
