@@ -8,7 +8,9 @@ Both refuse the same things, so a blob that was tampered with in storage is stil
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -90,14 +92,52 @@ def probe_image(
     return fmt, width, height
 
 
-def decode_image(data: bytes, *, max_side: int, max_pixels: int, max_aspect: float | None = None) -> Image.Image:
-    """Decoded RGB image: header re-checked, EXIF orientation applied, longest side <= max_side."""
+@dataclass(frozen=True)
+class DecodeFloor:
+    """The least a model's image processor needs of a decoded image, so that a JPEG can be
+    decoded at a reduced scale (libjpeg's 1/2, 1/4, 1/8: far less work than the full image
+    and a resize) and still feed the processor's own resize from at least `gap` times its
+    output: the rule of Pillow's `thumbnail(reducing_gap=2)`, whose quality it keeps.
+
+    `shortest_edge`: the processor scales the shortest side to it (CLIP's resize and crop);
+    `side`: it resizes to a fixed box whose larger side is this (SigLIP, Gemma 3). Both are
+    read before EXIF orientation, so a box is kept square: a rotated photo needs as much.
+    """
+
+    shortest_edge: int = 0
+    side: int = 0
+    gap: float = 2.0
+
+    def box(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest (width, height) a reduced decode of a width x height image may have."""
+        if self.shortest_edge:
+            scale = self.shortest_edge * self.gap / max(1, min(width, height))
+            return math.ceil(width * scale), math.ceil(height * scale)
+        side = math.ceil(self.side * self.gap)
+        return side, side
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_side: int,
+    max_pixels: int,
+    max_aspect: float | None = None,
+    floor: DecodeFloor | None = None,
+) -> Image.Image:
+    """Decoded RGB image: header re-checked, EXIF orientation applied, longest side <= max_side;
+    a JPEG is decoded at the smallest scale that keeps `floor` (what the model's processor needs)."""
     probe_image(data, max_pixels=max_pixels, max_aspect=max_aspect)
     try:
         opened = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
         if opened.format == "JPEG":
             # Let libjpeg decode at a reduced scale when the target is much smaller: far faster.
-            opened.draft("RGB", (max_side, max_side))
+            # `draft` keeps at least the size asked for on both sides.
+            box = (max_side, max_side)
+            if floor is not None:
+                need = floor.box(*opened.size)
+                box = (min(box[0], need[0]), min(box[1], need[1]))
+            opened.draft("RGB", box)
         opened.seek(0)
         img = ImageOps.exif_transpose(opened).convert("RGB")
     except Exception:  # truncated or corrupt data past a valid header

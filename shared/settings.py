@@ -179,6 +179,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_image_size: Annotated[Annotated[int, Meta(ge=16, le=16384)], Opt("Longest image side after resize")] = 1024
     max_images_per_request: Annotated[NonNegInt, Opt("Images per request")] = 10
     image_cache_size: Annotated[NonNegInt, Opt("Decoded images a worker keeps")] = 256
+    image_reduced_decode: Annotated[
+        bool, Opt("Decode JPEGs at the smallest scale the model's image processor needs (false: full decode)")
+    ] = True
     allow_remote_images: Annotated[bool, Opt("Fetch http(s) image URLs")] = True
     max_image_pixels: Annotated[PositiveInt, Opt("Pixel cap (width x height)")] = 40_000_000
     max_image_bytes: Annotated[PositiveInt, Opt("Encoded bytes per image")] = 20 * 1024 * 1024

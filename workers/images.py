@@ -16,7 +16,7 @@ from PIL import Image
 
 from shared.blobstore import BlobStore, get_image
 from shared.errors import ServiceError
-from shared.images import decode_image
+from shared.images import DecodeFloor, decode_image
 from shared.settings import Settings
 
 
@@ -57,9 +57,13 @@ class ImageCache:
 class ImageLoader:
     """Fetches and decodes many blobs at once; Pillow and boto3 release the GIL, so threads help."""
 
-    def __init__(self, store: BlobStore, settings: Settings, threads: int = 8) -> None:
+    def __init__(
+        self, store: BlobStore, settings: Settings, threads: int = 8, floor: DecodeFloor | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        # What the model's processor needs (workers/decode_floor.py): JPEGs are decoded no larger.
+        self.floor = floor if settings.image_reduced_decode else None
         self.cache = ImageCache(settings.image_cache_size)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image-load")
         self._inflight: dict[str, Future[Image.Image | ServiceError]] = {}
@@ -76,6 +80,7 @@ class ImageLoader:
                 max_side=self.settings.max_image_size,
                 max_pixels=self.settings.max_image_pixels,
                 max_aspect=self.settings.max_image_aspect_ratio,
+                floor=self.floor,
             )
         except ServiceError as exc:
             return exc

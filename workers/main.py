@@ -24,6 +24,7 @@ from shared.settings import Settings
 from workers import metrics
 from workers import progress as loop_progress
 from workers.continuous.serving import StepServer, continuous_worker
+from workers.decode_floor import decode_floor
 from workers.demo_model import ensure_demo_model
 from workers.engine import Engine
 from workers.fleet_member import FleetMember
@@ -126,7 +127,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
     progress(f"{tag} Ready.")
     if loaded.card.demo:
         log.warning("serving the generated DEMO model: random weights, its output is meaningless")
-    images = ImageLoader(create_blob_store(settings), settings)
+    images = ImageLoader(create_blob_store(settings), settings, floor=decode_floor(loaded.processor))
     rq_options: dict[str, Any] = {
         "name": info.rq_name,
         "max_batch_size": settings.max_batch_size,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from shared.images import ImageRejected, decode_image, probe_image
+from shared.images import DecodeFloor, ImageRejected, decode_image, probe_image
 from tests.support.images import image_bytes, pixel_bomb
 
 
@@ -70,3 +71,57 @@ def test_truncated_data_is_rejected_at_decode() -> None:
     with pytest.raises(ImageRejected) as err:
         decode_image(data[: len(data) // 2], max_side=64, max_pixels=10**6)
     assert err.value.code == "invalid_image"
+
+
+def _photo(size: tuple[int, int]) -> bytes:
+    """A JPEG with detail a model would see: a texture of 40 px period over a gradient (decoded
+    below the processor's size, or decimated without filtering, it moves the processor's output
+    by 0.04-0.05 on average; the floor's decode by 0.007)."""
+    x, y = np.arange(size[0])[None, :], np.arange(size[1])[:, None]
+    base = 128 + 60 * np.sin(2 * np.pi * x / 40) * np.cos(2 * np.pi * y / 52) + 40 * x / size[0]
+    pixels = np.stack([base, 255 - base, (base + y * 0.05) % 255], axis=2).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_a_jpeg_is_decoded_no_larger_than_its_floor_needs_but_never_below_it() -> None:
+    data = _photo((2048, 1536))
+    full = decode_image(data, max_side=4096, max_pixels=10**8)
+    assert full.size == (2048, 1536)
+    # A 336 px CLIP-style resize needs the shortest side at 2 x 336 = 672: libjpeg's 1/2 scale.
+    reduced = decode_image(data, max_side=4096, max_pixels=10**8, floor=DecodeFloor(shortest_edge=336))
+    assert reduced.size == (1024, 768)
+    # A 32 px model: the smallest scale libjpeg has (1/8) still keeps 2 x 32 on the short side.
+    tiny = decode_image(data, max_side=4096, max_pixels=10**8, floor=DecodeFloor(shortest_edge=32))
+    assert tiny.size == (256, 192)
+    # A fixed box (SigLIP): square, since the EXIF orientation is applied after the decode.
+    boxed = decode_image(data, max_side=4096, max_pixels=10**8, floor=DecodeFloor(side=224))
+    assert min(boxed.size) >= 448 and boxed.size == (1024, 768)
+    # MAX_IMAGE_SIZE still rules where the floor asks for more than it allows.
+    capped = decode_image(data, max_side=512, max_pixels=10**8, floor=DecodeFloor(shortest_edge=1024))
+    assert max(capped.size) == 512
+    # Not a JPEG: decoded whole, as before (only libjpeg scales while it decodes).
+    png = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(png, "PNG")
+    assert decode_image(png.getvalue(), max_side=4096, max_pixels=10**8, floor=DecodeFloor(shortest_edge=32)).size == (
+        2048,
+        1536,
+    )
+
+
+def test_what_the_processor_makes_of_a_reduced_decode_is_what_it_makes_of_the_full_one() -> None:
+    """The model sees (nearly) the same pixels: the processor's own resize from at least twice its
+    output size, as Pillow's thumbnail(reducing_gap=2) does."""
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    data = _photo((1600, 1200))
+    full = decode_image(data, max_side=4096, max_pixels=10**8)
+    reduced = decode_image(data, max_side=4096, max_pixels=10**8, floor=DecodeFloor(shortest_edge=224))
+    assert reduced.size == (800, 600)  # 1/2: 1/4 would leave 300 < 2 x 224 on the short side
+    a = processor(full, return_tensors="pt")["pixel_values"]
+    b = processor(reduced, return_tensors="pt")["pixel_values"]
+    assert a.shape == b.shape
+    # Normalised pixel values span about 4 units.
+    assert float((a - b).abs().mean()) < 0.02, float((a - b).abs().mean())

@@ -26,6 +26,7 @@ from shared.queue.worker import MicroBatchWorker
 from shared.settings import Settings
 from shared.settings_sources import load_settings
 from tests.support.inproc import WORKER_ID, fleet_member
+from workers.decode_floor import decode_floor
 from workers.engine import Engine
 from workers.images import ImageLoader
 from workers.loader import load_model
@@ -59,7 +60,8 @@ class InProcessWorker:
         self.member = fleet_member(settings, engine.m.card, worker_id)
         self.redis: Redis = self.member.redis
         self.queue = self.member.info.queue
-        self.runner = MicroBatchRunner(engine, ImageLoader(create_blob_store(settings), engine.settings), worker_id)
+        images = ImageLoader(create_blob_store(settings), engine.settings, floor=decode_floor(engine.m.processor))
+        self.runner = MicroBatchRunner(engine, images, worker_id)
         self.batch_sizes: list[int] = []
 
     def join(self) -> None:
