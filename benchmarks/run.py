@@ -34,12 +34,13 @@ from redis import Redis
 
 from benchmarks import load, mixed, peer, redis_scale
 from benchmarks.service import COMPUTE_THREADS, BenchService
-from shared.contract import JobPayload, Message, SamplingParams, TextPart
-from shared.images import decode_image
+from shared.contract import ImagePart, JobPayload, Message, SamplingParams, TextPart
+from shared.images import DecodeFloor, decode_image
 from shared.queue.pause import pause_pulls as suspend
 from shared.queue.pause import resume_pulls as resume
 from shared.settings_sources import load_settings
 from tests.support.images import ALLOW_NETWORK, data_url, start_image_host
+from workers.decode_floor import decode_floor
 from workers.demo_model import ensure_demo_model
 from workers.engine import Engine
 from workers.loader import load_model
@@ -100,6 +101,52 @@ def in_process_throughput(engine: Engine, batch: int, total: int) -> float:
     for start in range(0, total, batch):
         engine.generate([engine.prepare(job(start + k), []) for k in range(batch)])
     return total * NEW_TOKENS / (time.perf_counter() - started)
+
+
+def floor_label(floor: DecodeFloor | None) -> str:
+    if floor is None:
+        return "none for this processor"
+    if floor.shortest_edge:
+        return f"shortest side at least {floor.gap * floor.shortest_edge:.0f} px"
+    return f"at least {floor.gap * floor.side:.0f} px a side"
+
+
+def worker_image_costs(engine: Engine, jpegs: list[bytes]) -> list[str]:
+    """A worker's CPU per image, in-process: decode, then the model's processor (with the prompt
+    and tokenizer), the whole image and at the decode floor (IMAGE_REDUCED_DECODE), alternating."""
+    floor = decode_floor(engine.m.processor)
+    cap = {"max_side": 1024, "max_pixels": 40_000_000}
+    caption = JobPayload(
+        id="bench-image",
+        messages=(Message("user", (ImagePart("x"), TextPart("caption"))),),
+        params=SamplingParams(max_new_tokens=NEW_TOKENS),
+        created_at=time.time(),
+    )
+    costs: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+    for data in jpegs:
+        for reduced in (False, True):
+            decoded, prepared = costs[reduced]
+            started = time.perf_counter()
+            image = decode_image(data, **cap, floor=floor if reduced else None)
+            decoded.append(time.perf_counter() - started)
+            prepared.append(timed(lambda image=image: engine.prepare(caption, [image])))
+    whole, floored = costs[False], costs[True]
+    size = Image.open(io.BytesIO(jpegs[0])).size
+    return [
+        f"Worker side, per {size[0]}x{size[1]} JPEG (median of {len(jpegs)}; done off the decoding loop, and for the "
+        "next jobs while the batch generates):",
+        "",
+        "| | decode + EXIF + resize to 1024 px | the model's processor, prompt and tokenizer | total |",
+        "|---|---|---|---|",
+        *(
+            f"| {label} | {ms(statistics.median(d))} | {ms(statistics.median(p))} | "
+            f"{ms(statistics.median([a + b for a, b in zip(d, p, strict=True)]))} |"
+            for label, (d, p) in (
+                ("decoded whole (IMAGE_REDUCED_DECODE=false)", whole),
+                (f"decoded at the floor (IMAGE_REDUCED_DECODE=true: {floor_label(floor)})", floored),
+            )
+        ),
+    ]
 
 
 # --- through the service -------------------------------------------------------------------------
@@ -307,12 +354,7 @@ def run(quick: bool) -> str:
             one = [r.seconds for r in load.sequential(service.url, "/v1/jobs", [image_job(s) for s in sources[:n_images]])]
             wall, _ = concurrent(service.url, n_images, 8, lambda i, s=sources: image_job(s[n_images + i]), "/v1/jobs")
             lines.append(f"| {label} | {statistics.median(one) * 1000:.1f} | {n_images / wall:.1f} |")
-        decode = [timed(lambda img=img: decode_image(img, max_side=1024, max_pixels=40_000_000)) for img in images[:16]]
-        lines += [
-            "",
-            f"Worker side, per image: decode + EXIF + resize to 1024 px: {statistics.median(decode) * 1000:.1f} ms"
-            " (done off the decoding loop, and for the next batch while this one generates).",
-        ]
+        lines += ["", *worker_image_costs(engine, images[:16])]
         report.add("Image intake", command, lines)
 
         # 5. API intake capacity: validation + enqueue, text only.

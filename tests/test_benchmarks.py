@@ -66,6 +66,8 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     assert re.search(r"\| read-ahead on \(default\) \| [\d.]+ \| \d+ \|", report)
     assert re.search(r"\| read-ahead off \(IMAGE_CACHE_SIZE=0\) \| [\d.]+ \| \d+ \|", report)
     assert re.search(r"\| http URL \| [\d.]+ \| [\d.]+ \|", report)
+    for decode in (r"decoded whole \(IMAGE_REDUCED_DECODE=false\)", r"decoded at the floor \(IMAGE_REDUCED_DECODE=true: shortest"):
+        assert re.search(rf"^\| {decode}.* \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ ms \|$", report, re.M), decode
     assert number(report, r"\*\*(\d+) requests/s\*\*") > 0
     row = r"^\| mixed: 4-token request beside 256-token ones, p50 \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ \|$"
     assert re.search(row, report, re.M)
