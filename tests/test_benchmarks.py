@@ -65,6 +65,7 @@ def test_make_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     assert re.search(r"\| data: URL \| [\d.]+ \| [\d.]+ \|", report)
     assert re.search(r"\| read-ahead on \(default\) \| [\d.]+ \| \d+ \|", report)
     assert re.search(r"\| read-ahead off \(IMAGE_CACHE_SIZE=0\) \| [\d.]+ \| \d+ \|", report)
+    assert re.search(r"\| read-ahead on, images decoded whole \(IMAGE_REDUCED_DECODE=false\) \| [\d.]+ \| \d+ \|", report)
     assert re.search(r"\| http URL \| [\d.]+ \| [\d.]+ \|", report)
     for decode in (r"decoded whole \(IMAGE_REDUCED_DECODE=false\)", r"decoded at the floor \(IMAGE_REDUCED_DECODE=true: shortest"):
         assert re.search(rf"^\| {decode}.* \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ ms \|$", report, re.M), decode
