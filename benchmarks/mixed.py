@@ -277,7 +277,8 @@ def table(figures: dict[str, dict[str, float]], quick: bool) -> list[str]:
         f"idle TTFT beside the {LONG_TOKENS}-token clients, {c['ttft_uniform'] / c['ttft']:.2f}x under the "
         "16-client uniform load** (target at most 2x). Beside the long clients 4 of the 8 slots are free, so "
         "a request is admitted at the next step boundary; under the uniform load 16 clients keep all 8 slots "
-        "taken and 8 requests waiting, so a new request also waits in the queue for slots to free.",
+        "taken and 8 requests waiting, so a new request also waits in the queue for slots to free (the service's "
+        "default, 32 slots, leaves one for every request: the peer section below).",
     ]
     return lines
 

@@ -53,6 +53,7 @@ from PIL import Image
 
 from benchmarks import load, mixed
 from benchmarks.service import COMPUTE_THREADS, BenchService
+from shared.settings_sources import load_settings
 from tests.support.procs import free_port
 from workers.demo_model import ensure_demo_model
 from workers.tiny_models.build import ensure_family_model
@@ -65,6 +66,7 @@ SERVICE = "this service"
 # by default (15 GB seen).
 PEER_KV_BLOCKS = 256
 IMAGE_SIZE = (512, 384)
+DEFAULT_SLOTS = load_settings(environ={}).max_batch_size  # the service as shipped
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ def report(
     counts: Counts,
     rounds: int,
     load: str,
-    batch: int = 8,
+    batch: int = DEFAULT_SLOTS,
     spreads: dict[str, Spread] | None = None,
 ) -> list[str]:
     text_p, text_s = results["text"][PEER], results["text"][SERVICE]
@@ -234,7 +236,7 @@ def report(
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {load} (1, 5, 15 min) on "
         f"{os.cpu_count()} cores shared with other work; each figure is {runs}. `{PEER} --continuous-batching "
         f"--cb-num-blocks {PEER_KV_BLOCKS} --device cpu` (transformers {notes['version']}) against this service "
-        f"(ENGINE=continuous, MAX_BATCH_SIZE={batch}, one worker), same model folder, OMP_NUM_THREADS / worker "
+        f"(ENGINE=continuous, MAX_BATCH_SIZE={batch}{' (the default)' if batch == DEFAULT_SLOTS else ''}, one worker), same model folder, OMP_NUM_THREADS / worker "
         f"torch threads {COMPUTE_THREADS}, the same lean client; every request generates exactly the tokens "
         "it asks for (`min_tokens` here, `min_new_tokens` in the peer's `generation_config` field). Mixed "
         f"workload: 4 clients sending {mixed.LONG_TOKENS}-token requests back to back while "
@@ -289,7 +291,7 @@ def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(
-    deps: Path, quick: bool, rounds: int, batch: int = 8
+    deps: Path, quick: bool, rounds: int, batch: int = DEFAULT_SLOTS
 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str], dict[str, Spread]]:
     import transformers
 
@@ -328,7 +330,7 @@ def run(
     return results, notes, spreads
 
 
-def write(deps: Path, quick: bool, rounds: int, out: Path, command: str, batch: int = 8) -> list[str]:
+def write(deps: Path, quick: bool, rounds: int, out: Path, command: str, batch: int = DEFAULT_SLOTS) -> list[str]:
     started = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     results, notes, spreads = run(deps, quick, rounds, batch)
     ended = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -344,11 +346,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds, peer and service alternating; medians")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "peer_results.md")
-    parser.add_argument("--max-batch-size", type=int, default=8, help="the service's MAX_BATCH_SIZE (its default: 8)")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=DEFAULT_SLOTS, help=f"the service's MAX_BATCH_SIZE (its default: {DEFAULT_SLOTS})"
+    )
     args = parser.parse_args()
     command = f"python -m benchmarks.peer --peer-path {args.peer_path}" + (" --quick" if args.quick else "")
     command += f" --rounds {args.rounds}" if args.rounds > 1 else ""
-    command += f" --max-batch-size {args.max_batch_size}" if args.max_batch_size != 8 else ""
+    command += f" --max-batch-size {args.max_batch_size}" if args.max_batch_size != DEFAULT_SLOTS else ""
     print("\n".join(write(args.peer_path, args.quick, args.rounds, args.out, command, args.max_batch_size)))
     print(f"\nwrote {args.out}")
 

@@ -48,7 +48,9 @@ from workers.loader import load_model
 ROOT = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 32
 CLIENTS = 16
-# The worker most sections run on: the defaults, named (a worker with the same settings is reused).
+# The worker most sections run on (a worker with the same settings is reused): the continuous
+# engine at 8 slots, the settings of the static engine's A/B and of the throughput table's last
+# row. The service's default, 32 slots, is what the peer section runs.
 DEFAULT_WORKER = {"MAX_BATCH_SIZE": "8", "ENGINE": "continuous"}
 
 
@@ -260,7 +262,7 @@ def run(quick: bool) -> str:
         # 2. throughput at MAX_BATCH_SIZE 1, 4, 8 with 16 concurrent clients; 2b. requests with an
         # image each, the worker's read-ahead on and off; 3b. the two engines side by side. Each
         # worker start costs seconds of CPU (`make test` runs the quick mode), so everything that
-        # runs on the default worker (MAX_BATCH_SIZE=8, continuous) runs on section 1's worker
+        # runs on DEFAULT_WORKER (MAX_BATCH_SIZE=8, continuous) runs on section 1's worker
         # first, and the other settings follow; the report keeps its order.
         captions = [data_url(noise_jpeg(1000 + i), "image/jpeg") for i in range(CLIENTS + n_through)]
 

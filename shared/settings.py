@@ -95,7 +95,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ] = "auto"
 
     # --- batching / limits / backpressure ----------------------------------------------------
-    max_batch_size: Annotated[Annotated[int, Meta(ge=1, le=1024)], Opt("Requests per micro-batch")] = 8
+    # Continuous engine: slots of the running batch. 32 because a decoding step costs about the same
+    # for 8 rows as for 32 on a GPU (memory-bound), and on the CPU's demo too it was what let 16
+    # clients' requests join at once (BENCHMARKS.md, the peer section); device memory is still kept
+    # by MAX_BATCH_TOKENS and, past it, by the engine's out-of-memory shrink. Static engine: requests
+    # per generate call (its A/B in BENCHMARKS.md runs 8).
+    max_batch_size: Annotated[
+        Annotated[int, Meta(ge=1, le=1024)], Opt("Rows decoding at once (continuous) / requests per micro-batch (static)")
+    ] = 32
     batch_timeout_ms: Annotated[Annotated[float, Meta(ge=0, le=10_000)], Opt("Micro-batch collection window")] = 0.0
     max_queue_size: Annotated[PositiveInt, Opt("Waiting jobs per worker before 503")] = 256
     max_input_tokens: Annotated[

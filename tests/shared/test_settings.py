@@ -99,7 +99,7 @@ def test_every_seed_flag_is_accepted() -> None:
 
 def test_defaults() -> None:
     s = load_settings(environ={})
-    assert (s.max_batch_size, s.batch_timeout_ms, s.max_queue_size) == (8, 0.0, 256)
+    assert (s.max_batch_size, s.batch_timeout_ms, s.max_queue_size) == (32, 0.0, 256)
     assert (s.temperature_default, s.top_p_default, s.top_k_default, s.seed_default) == (0.8, 0.9, 50, 42)
     assert s.do_sample_default and s.redact_source and s.fast_usage and s.trust_remote_code
     assert not s.progress_logs and not s.debug and s.api_key is None
