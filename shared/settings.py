@@ -101,7 +101,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # by MAX_BATCH_TOKENS and, past it, by the engine's out-of-memory shrink. Static engine: requests
     # per generate call (its A/B in BENCHMARKS.md runs 8).
     max_batch_size: Annotated[
-        Annotated[int, Meta(ge=1, le=1024)], Opt("Rows decoding at once (continuous) / requests per micro-batch (static)")
+        Annotated[int, Meta(ge=1, le=1024)],
+        Opt("Rows decoding at once (continuous), requests per micro-batch (static)"),
     ] = 32
     batch_timeout_ms: Annotated[Annotated[float, Meta(ge=0, le=10_000)], Opt("Micro-batch collection window")] = 0.0
     max_queue_size: Annotated[PositiveInt, Opt("Waiting jobs per worker before 503")] = 256
