@@ -9,7 +9,9 @@ import httpx
 import pytest
 
 from tests.support.assertions import assert_openai_error
+from tests.support.control import workers_paused
 from tests.support.images import data_url, image_bytes
+from tests.support.procs import wait_for
 from tests.support.stack import Stack, StackFactory
 
 
@@ -36,7 +38,13 @@ def msg(text: str, images: int = 0) -> list[dict[str, Any]]:
 
 def test_eight_concurrent_requests_run_in_at_most_two_generate_calls(batch_stack: Stack) -> None:
     bodies = [{"messages": msg(f"request number {i}", images=i % 2), "max_tokens": 16, "seed": i} for i in range(8)]
-    responses = post_all(batch_stack.url, bodies)
+    # All eight wait in the queue before the worker may pull: what is measured is how the worker
+    # batches what is there, not how fast eight clients' uploads reach it on a loaded machine.
+    with ThreadPoolExecutor(1) as pool:
+        with workers_paused(batch_stack):
+            sent = pool.submit(post_all, batch_stack.url, bodies)
+            wait_for(lambda: httpx.get(f"{batch_stack.url}/health").json()["waiting_jobs"] >= 8, 60, "8 queued")
+        responses = sent.result()
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     batches = {r.json()["service"]["batch_id"]: r.json()["service"]["batch_size"] for r in responses}
     assert len(batches) <= 2, batches
