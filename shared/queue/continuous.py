@@ -406,6 +406,16 @@ class JobFeed:
         """Jobs pulled but never admitted go back to the head of the queue, in order."""
         self.feeder.put_back(jobs)
 
+    def discard(self, copies: Sequence[QueuedJob]) -> None:
+        """Pulled copies of jobs the loop already holds: one occurrence of each leaves the
+        intermediate list (the held job's own start or put-back removes the other)."""
+        if not copies:
+            return
+        with self.worker.connection.pipeline(transaction=False) as pipe:
+            for q in copies:
+                pipe.lrem(self.queue.intermediate_queue_key, 1, q.id)
+            pipe.execute()
+
 
 class StepLoop(Protocol):
     @property

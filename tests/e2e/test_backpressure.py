@@ -13,6 +13,7 @@ from shared.queue.pause import pause_pulls as suspend
 from shared.queue.pause import resume_pulls as resume
 from tests.conftest import STRICT_KEY
 from tests.support.assertions import assert_openai_error, job_keys
+from tests.support.control import workers_paused
 from tests.support.procs import answers, wait_for
 from tests.support.stack import Stack
 
@@ -23,12 +24,8 @@ HEADERS = {"Authorization": f"Bearer {STRICT_KEY}"}
 def test_queue_full_answers_503_with_retry_after(stack: Stack, strict_api: str) -> None:
     redis = Redis.from_url(stack.redis_url)
     queue_key = f"rq:queue:{stack_queue(stack)}"
-    suspend(redis)  # the worker stops pulling: rq's own pause switch
     pool = ThreadPoolExecutor(4)
-    try:
-        # One job may already be in the worker's hands when it notices the pause.
-        first = httpx.post(f"{strict_api}/v1/chat/completions", json=BODY, headers=HEADERS, timeout=60)
-        assert first.status_code == 200
+    with workers_paused(stack):  # the worker stops pulling: rq's own pause switch
         waiting = [
             pool.submit(httpx.post, f"{strict_api}/v1/chat/completions", json=BODY, headers=HEADERS, timeout=60)
             for _ in range(2)
@@ -41,8 +38,6 @@ def test_queue_full_answers_503_with_retry_after(stack: Stack, strict_api: str) 
         assert int(full.headers["Retry-After"]) >= 1
         assert job_keys(redis) == before, "a refused request was enqueued"
         assert httpx.get(f"{strict_api}/health").json()["overloaded"] is True
-    finally:
-        resume(redis)
     assert [f.result().status_code for f in waiting] == [200, 200]
     pool.shutdown()
 

@@ -128,7 +128,7 @@ class StepServer:
             if left <= 0:
                 break
             first += feed.take(left)
-        self._take(first)
+        self._take(first, feed)
         self.ce.admitting = True
         try:
             self._loop(feed)
@@ -171,7 +171,7 @@ class StepServer:
             feed.offer(self._credit())
             taken = feed.take()
             if taken:
-                self._take(taken)
+                self._take(taken, feed)
 
     def _credit(self) -> int:
         """How many more jobs could be admitted soon: free slots within the KV budget (with
@@ -189,8 +189,16 @@ class StepServer:
         return max(0, credit)
 
     # --- taking and preparing jobs -------------------------------------------------------------
-    def _take(self, pulled: Sequence[QueuedJob]) -> None:
+    def _take(self, pulled: Sequence[QueuedJob], feed: JobFeed) -> None:
+        copies: list[QueuedJob] = []
         for queued in pulled:
+            if queued.id in self._entries:
+                # A recovery path put a job this loop holds back on the queue (the janitor's
+                # requeue of a worker whose heartbeat lapsed on a starved machine, an adoption
+                # after a lost pull reply): one job is one row, so the copy is dropped.
+                log.warning("job %s was pulled again while this worker holds it: the copy is dropped", queued.id)
+                copies.append(queued)
+                continue
             entry = Entry(queued)
             self._entries[queued.id] = entry
             try:
@@ -213,6 +221,7 @@ class StepServer:
                 except Exception as exc:
                     entry.future.set_exception(exc)
             self._pending.append(entry)
+        feed.discard(copies)
         self._watch()
 
     def _prepare(self, payload: JobPayload) -> PreparedRow:

@@ -153,3 +153,24 @@ def test_an_idle_worker_runs_again_what_a_failover_left_in_flight(rig_factory: C
     assert rig.conn.llen(rig.queue.intermediate_queue_key) == 0
     registry = StartedJobRegistry(rig.queue.name, connection=rig.conn, serializer=MsgpackSerializer)
     assert registry.get_job_ids() == []
+
+
+def test_a_job_put_on_the_queue_again_while_held_runs_once_and_fails_no_batch_mate(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    """A recovery path can queue a job this worker already holds (the janitor's requeue when a
+    starved worker's heartbeat lapsed; an adoption after a lost pull reply). Seen under load: the
+    copy became a second row, and when one of the two ended the other's bookkeeping raised and
+    failed every running row. The copy is dropped; the job and its batch mates run once."""
+    rig = rig_factory("llama")
+    rig.enqueue(job(rig, "twice", 24))
+    rig.enqueue(job(rig, "mate", 96))  # still decoding when either copy of "twice" would end
+    rig.start()
+    wait_for(lambda: rig.running_tokens("twice") > 0, "the job to run")
+    rig.conn.rpush(rig.queue.key, "twice")  # the same id queued again while this worker holds it
+    rig.join()
+    assert rig.result("twice").completion_tokens == 24
+    assert rig.result("mate").completion_tokens == 96
+    assert rig.conn.llen(rig.queue.intermediate_queue_key) == 0
+    assert rig.conn.llen(rig.queue.key) == 0
+    assert StartedJobRegistry(queue=rig.queue).get_job_ids() == []
