@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from typing import Any
 
@@ -68,6 +69,28 @@ def redis_client(settings: Settings, socket_timeout: float | None = None) -> Red
         health_check_interval=15,
         retry_on_timeout=False,
     )
+
+
+# A stopping worker's own deadline comes this long after WORKER_STOP_GRACE_S, so that a supervisor
+# (`up`, Kubernetes) that is there kills it first, as it always did.
+DRAIN_OVERRUN_S = 10.0
+EXIT_DRAIN_OVERDUE = 4  # (3 is EXIT_START_FAILED)
+
+
+def bound_the_drain(seconds: float) -> None:
+    """After SIGTERM the running rows finish, but not for ever: when nobody is left to kill this
+    process at the grace's end (its supervisor died, and PR_SET_PDEATHSIG sent the SIGTERM), it
+    leaves by itself. What it was running is not lost: its heartbeat stops, and the janitor puts
+    its started jobs back on a queue (counted as an attempt, as a kill would be)."""
+
+    def overdue() -> None:
+        log.error("still finishing rows %.0f s after SIGTERM: exiting now; the janitor requeues them", seconds)
+        logging.shutdown()
+        os._exit(EXIT_DRAIN_OVERDUE)
+
+    timer = threading.Timer(seconds, overdue)
+    timer.daemon = True
+    timer.start()
 
 
 def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_threads: int | None = None) -> int:
@@ -172,6 +195,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         probes.set_state("stopping")
 
     signal.signal(signal.SIGUSR1, drain)
+    worker.on_stop_requested = lambda: bound_the_drain(settings.worker_stop_grace_s + DRAIN_OVERRUN_S)
     member.metrics = lambda: publish_metrics(device)
     member.update(state="ready", model=loaded.card, error=None)
     probes.set_state("ready")

@@ -112,9 +112,13 @@ class QueueWorker(SimpleWorker):
         self._reconciled_at: float | None = None  # None: due before the next pull
         # Told True as each turn of the wait for a job begins and False as it ends (/livez).
         self.on_wait: Callable[[bool], None] | None = None
+        # Called once, at the first stop request (the worker process bounds its own drain with it).
+        self.on_stop_requested: Callable[[], None] | None = None
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         """SIGTERM/SIGINT: stop pulling, finish the micro-batch in hand, then leave (rq's warm shutdown)."""
+        if not self.shutdown_requested and self.on_stop_requested is not None:
+            self.on_stop_requested()
         self.shutdown_requested = True
         super().request_stop(signum, frame)
 
