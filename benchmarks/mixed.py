@@ -73,6 +73,29 @@ class Mixed:
     long_tokens_per_s: float
 
 
+async def back_to_back(
+    url: str,
+    shape: Shape,
+    first_id: int,
+    tokens: int,
+    done: asyncio.Event,
+    on_reply: Callable[[load.Reply], None] | None = None,
+) -> None:
+    """One client of a load: `tokens`-token requests on one connection, each sent as the last
+    one's answer arrives, until `done` is set."""
+    conn = await load.Connection.open(url)
+    try:
+        i = first_id
+        while not done.is_set():
+            reply = await conn.post(PATH, shape.encoded(i, tokens))
+            assert reply.status == 200, reply.body
+            if on_reply is not None:
+                on_reply(reply)
+            i += 1
+    finally:
+        await conn.close()
+
+
 def mixed(url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 10, shape: Shape = TEXT) -> Mixed:
     """`long_clients` connections send LONG_TOKENS requests back to back; meanwhile `n_short`
     SHORT_TOKENS requests arrive at exponential gaps of mean `gap_s` (fixed seed), each on a
@@ -83,18 +106,9 @@ def mixed(url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 1
     tokens: list[int] = []
     done = asyncio.Event()
 
-    async def long_client(k: int) -> None:
-        conn = await load.Connection.open(url)
-        try:
-            i = 0
-            while not done.is_set():
-                reply = await conn.post(PATH, shape.encoded(1000 * k + i, LONG_TOKENS))
-                assert reply.status == 200, reply.body
-                long.append(reply.seconds)
-                tokens.append(int(reply.json()["usage"]["completion_tokens"]))
-                i += 1
-        finally:
-            await conn.close()
+    def on_long(reply: load.Reply) -> None:
+        long.append(reply.seconds)
+        tokens.append(int(reply.json()["usage"]["completion_tokens"]))
 
     async def one_short(i: int, request: bytes) -> None:
         conn = await load.Connection.open(url)
@@ -107,7 +121,10 @@ def mixed(url: str, n_short: int, gap_s: float, long_clients: int, seed: int = 1
 
     async def go() -> float:
         started = time.perf_counter()
-        longs = [asyncio.create_task(long_client(k)) for k in range(long_clients)]
+        longs = [
+            asyncio.create_task(back_to_back(url, shape, 1000 * k, LONG_TOKENS, done, on_long))
+            for k in range(long_clients)
+        ]
         await asyncio.sleep(0.3)  # the long rows are decoding when the first short one arrives
         shorts = []
         for i, gap in enumerate(gaps):
@@ -160,19 +177,11 @@ def ttft_under_load(
     firsts: list[float] = []
     done = asyncio.Event()
 
-    async def loader(k: int) -> None:
-        conn = await load.Connection.open(url)
-        try:
-            i = 0
-            while not done.is_set():
-                reply = await conn.post(PATH, shape.encoded(100_000 * (k + 1) + i, load_tokens))
-                assert reply.status == 200, reply.body
-                i += 1
-        finally:
-            await conn.close()
-
     async def go() -> None:
-        loaders = [asyncio.create_task(loader(k)) for k in range(load_clients)]
+        loaders = [
+            asyncio.create_task(back_to_back(url, shape, 100_000 * (k + 1), load_tokens, done))
+            for k in range(load_clients)
+        ]
         if loaders:
             await asyncio.sleep(0.3)  # the load's rows are decoding when the first probe arrives
         conn = await load.Connection.open(url)

@@ -51,7 +51,7 @@ CLIENTS = 16
 # The worker most sections run on (a worker with the same settings is reused): the continuous
 # engine at 8 slots, the settings of the static engine's A/B and of the throughput table's last
 # row. The service's default, 32 slots, is what the peer section runs.
-DEFAULT_WORKER = {"MAX_BATCH_SIZE": "8", "ENGINE": "continuous"}
+BENCH_WORKER = {"MAX_BATCH_SIZE": "8", "ENGINE": "continuous"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -138,7 +138,7 @@ def worker_image_costs(engine: Engine, jpegs: list[bytes]) -> list[str]:
         f"Worker side, per {size[0]}x{size[1]} JPEG (median of {len(jpegs)}; done off the decoding loop, and for the "
         "next jobs while the batch generates):",
         "",
-        "| | decode + EXIF + resize to 1024 px | the model's processor, prompt and tokenizer | total |",
+        "| | decode, EXIF, longest side to at most 1024 px | the model's processor, prompt and tokenizer | total |",
         "|---|---|---|---|",
         *(
             f"| {label} | {ms(statistics.median(d))} | {ms(statistics.median(p))} | "
@@ -224,7 +224,7 @@ def run(quick: bool) -> str:
     service = BenchService(demo, IMAGE_FETCH_ALLOW_NETWORKS=ALLOW_NETWORK)
     try:
         # 1. latency: full path against in-process, same model, same request, one at a time.
-        service.start_worker(**DEFAULT_WORKER)
+        service.start_worker(**BENCH_WORKER)
         local = in_process_latency(engine, n_latency)
         remote, gen = service_latency(service.url, n_latency)
         with_httpx = httpx_latency(service.url, n_latency)
@@ -262,7 +262,7 @@ def run(quick: bool) -> str:
         # 2. throughput at MAX_BATCH_SIZE 1, 4, 8 with 16 concurrent clients; 2b. requests with an
         # image each, the worker's read-ahead on and off; 3b. the two engines side by side. Each
         # worker start costs seconds of CPU (`make test` runs the quick mode), so everything that
-        # runs on DEFAULT_WORKER (MAX_BATCH_SIZE=8, continuous) runs on section 1's worker
+        # runs on BENCH_WORKER (MAX_BATCH_SIZE=8, continuous) runs on section 1's worker
         # first, and the other settings follow; the report keeps its order.
         captions = [data_url(noise_jpeg(1000 + i), "image/jpeg") for i in range(CLIENTS + n_through)]
 
@@ -271,7 +271,7 @@ def run(quick: bool) -> str:
             return {**request(i), "messages": [{"role": "user", "content": [image, {"type": "text", "text": "caption"}]}]}
 
         def throughput_row(batch: int) -> tuple[float, str]:
-            service.start_worker(**{**DEFAULT_WORKER, "MAX_BATCH_SIZE": str(batch)})
+            service.start_worker(**{**BENCH_WORKER, "MAX_BATCH_SIZE": str(batch)})
             wall, responses = concurrent(service.url, n_through, CLIENTS, request, "/v1/chat/completions")
             bodies = [r.json() for r in responses]
             tokens = sum(b["usage"]["completion_tokens"] for b in bodies)
@@ -281,7 +281,7 @@ def run(quick: bool) -> str:
             return tokens / wall, row
 
         def images_row(label: str, extra: dict[str, str]) -> str:
-            service.start_worker(**DEFAULT_WORKER, **extra)
+            service.start_worker(**BENCH_WORKER, **extra)
             concurrent(service.url, CLIENTS, CLIENTS, caption, "/v1/chat/completions")  # warm-up
             wall, responses = concurrent(service.url, n_through, CLIENTS, lambda i: caption(CLIENTS + i), "/v1/chat/completions")
             tokens = sum(r.json()["usage"]["completion_tokens"] for r in responses)
@@ -296,7 +296,7 @@ def run(quick: bool) -> str:
         image_rows["whole"] = images_row(
             "read-ahead on, images decoded whole (IMAGE_REDUCED_DECODE=false)", {"IMAGE_REDUCED_DECODE": "false"}
         )
-        service.start_worker(**{**DEFAULT_WORKER, "ENGINE": "static"})
+        service.start_worker(**{**BENCH_WORKER, "ENGINE": "static"})
         engines["static"] = mixed.measure(service.url, quick)
 
         report.add(
