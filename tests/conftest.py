@@ -3,6 +3,7 @@ a local image host (the only thing outside the system), and running service stac
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 from tests.support.images import ImageHost, start_image_host
 from tests.support.procs import RedisServer, start_redis
 from tests.support.stack import Stack, StackFactory
+
+# Service processes are forked from a preloaded interpreter unless TEST_ZYGOTE=0 (tests/support/zygote.py).
+os.environ.setdefault("TEST_ZYGOTE", "1")
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +131,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "/tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.slow)
     items.sort(key=rank)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The zygote that forked this process's service processes (tests/support/zygote.py)."""
+    from tests.support.zygote import stop_shared_zygote
+
+    stop_shared_zygote()

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
+from tests.support.zygote import ForkedProcess, shared_zygote
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -114,10 +116,17 @@ class ServiceProcess:
     args: list[str]
     env: dict[str, str]
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
     _log: object = field(default=None, repr=False)
+    # False: exec a fresh interpreter even where the zygote could fork this process (a test of
+    # what happens before and during the service's imports).
+    forked: bool = True
 
     def start(self) -> ServiceProcess:
+        zygote = shared_zygote(service_env({})) if self.forked else None
+        if zygote is not None and zygote.eligible(self.env):
+            self.process = zygote.spawn(self.args, self.env, self.log_path, ROOT)
+            return self
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "omega_vlm.cli", *self.args],
