@@ -118,12 +118,10 @@ class ServiceProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | ForkedProcess | None = None
     _log: object = field(default=None, repr=False)
-    # False: exec a fresh interpreter even where the zygote could fork this process (a test of
-    # what happens before and during the service's imports).
-    forked: bool = True
 
     def start(self) -> ServiceProcess:
-        zygote = shared_zygote(service_env({})) if self.forked else None
+        """Forked from the test zygote where it may be (tests/support/zygote.py), else exec'd."""
+        zygote = shared_zygote(service_env({}))
         if zygote is not None and zygote.eligible(self.env):
             self.process = zygote.spawn(self.args, self.env, self.log_path, ROOT)
             return self

@@ -20,7 +20,6 @@ inherited half-initialised.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -90,11 +89,25 @@ class Status(msgspec.Struct, tag="status"):
 Request = Spawn | Status
 
 
+class Hello(msgspec.Struct):
+    """The zygote's first line, once its imports are done."""
+
+    set_by_imports: dict[str, str]  # what the imports set in its environment
+
+
+class Spawned(msgspec.Struct):
+    pid: int
+
+
+class Exited(msgspec.Struct):
+    code: int | None  # None: still running (or not reaped yet)
+
+
 # --- the zygote (python -m tests.support.zygote) -----------------------------------------------
 
 
-def _reply(message: dict[str, object]) -> None:
-    os.write(1, json.dumps(message).encode() + b"\n")
+def _reply(message: Hello | Spawned | Exited) -> None:
+    os.write(1, msgspec.json.encode(message) + b"\n")
 
 
 def _requests() -> Iterator[Request | None]:
@@ -130,12 +143,12 @@ def _serve() -> Spawn | None:
         if request is None:
             continue
         if isinstance(request, Status):
-            _reply({"code": ended.get(request.pid)})
+            _reply(Exited(ended.get(request.pid)))
             continue
         pid = os.fork()
         if pid == 0:
             return request
-        _reply({"pid": pid})
+        _reply(Spawned(pid))
     return None
 
 
@@ -164,7 +177,7 @@ def main() -> None:
         importlib.import_module(name)
     # What the imports set for themselves (torch: TORCHINDUCTOR_CACHE_DIR): a test process that has
     # imported them too passes these on, and they change nothing.
-    _reply({"ready": True, "set_by_imports": {k: v for k, v in os.environ.items() if before.get(k) != v}})
+    _reply(Hello({k: v for k, v in os.environ.items() if before.get(k) != v}))
     request = _serve()
     if request is None:
         return
@@ -244,10 +257,10 @@ class Zygote:
                 hello = self._process.stdout.readline()
                 if not hello:
                     raise RuntimeError("the test zygote exited before it was ready")
-                self._set_by_imports = dict(json.loads(hello)["set_by_imports"])
+                self._set_by_imports = msgspec.json.decode(hello, type=Hello).set_by_imports
             return self._set_by_imports
 
-    def _call(self, message: Request) -> dict[str, object]:
+    def _call(self, message: Request) -> bytes:
         assert self._process.stdin is not None and self._process.stdout is not None
         self._hello()
         with self._lock:
@@ -256,17 +269,14 @@ class Zygote:
             line = self._process.stdout.readline()
         if not line:
             raise RuntimeError("the test zygote exited")
-        answer = json.loads(line)
-        assert isinstance(answer, dict)
-        return answer
+        return line
 
     def spawn(self, args: list[str], env: Mapping[str, str], log_path: Path, cwd: Path = ROOT) -> ForkedProcess:
-        answer = self._call(Spawn(args, dict(env), str(log_path), str(cwd)))
-        return ForkedProcess(self, int(str(answer["pid"])), args)
+        spawned = msgspec.json.decode(self._call(Spawn(args, dict(env), str(log_path), str(cwd))), type=Spawned)
+        return ForkedProcess(self, spawned.pid, args)
 
     def status(self, pid: int) -> int | None:
-        code = self._call(Status(pid))["code"]
-        return None if code is None else int(str(code))
+        return msgspec.json.decode(self._call(Status(pid)), type=Exited).code
 
     def close(self) -> None:
         if self._process.stdin is not None:
