@@ -131,7 +131,9 @@ def test_a_failed_image_cancels_the_requests_other_fetches(tmp_path: Path) -> No
     dropped then, not held (a pool connection, a batch's share) until its own deadline."""
     host = start_image_host()
     slow = host.slow("/slow.png", image_bytes(), delay_s=120)
-    missing = f"{host.base}/missing.png"  # 404 at once
+    # A 404 as soon as the slow fetch is held (on a loaded machine an immediate 404 could fail the
+    # request before the slow fetch had even reached the host).
+    missing = host.missing_once_slow_started("/missing.png")
     settings = load_settings(environ={"IMAGE_FETCH_ALLOW_NETWORKS": ALLOW_NETWORK, "IMAGE_FETCH_TIMEOUT_S": "120"})
 
     async def run() -> int:

@@ -43,11 +43,13 @@ class Holding:
     now: int = 0
     peak: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    entered: threading.Event = field(default_factory=threading.Event)  # a slow path has been reached
 
     def enter(self) -> None:
         with self.lock:
             self.now += 1
             self.peak = max(self.peak, self.now)
+        self.entered.set()
 
     def leave(self) -> None:
         with self.lock:
@@ -60,6 +62,7 @@ class ImageHost:
     routes: dict[str, tuple[int, dict[str, str], bytes]]
     delays: dict[str, float] = field(default_factory=dict)  # seconds a path waits before answering
     holding: Holding = field(default_factory=Holding)
+    gated: set[str] = field(default_factory=set)  # paths that answer once a slow path has been reached
 
     @property
     def base(self) -> str:
@@ -74,6 +77,12 @@ class ImageHost:
         self.delays[path] = delay_s
         return self.add(path, body)
 
+    def missing_once_slow_started(self, path: str) -> str:
+        """A 404 that is sent only after a slow path has been reached (at most 10 s later), so a
+        test can fail a request while another of its fetches is surely held."""
+        self.gated.add(path)
+        return self.base + path
+
     def redirect(self, path: str, location: str) -> str:
         self.routes[path] = (302, {"Location": location}, b"")
         return self.base + path
@@ -86,10 +95,13 @@ def start_image_host() -> ImageHost:
     routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
     delays: dict[str, float] = {}
     holding = Holding()
+    gated: set[str] = set()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             status, headers, body = routes.get(self.path, (404, {}, b"not found"))
+            if self.path in gated:
+                holding.entered.wait(10)
             if self.path in delays:
                 holding.enter()
                 try:
@@ -118,4 +130,4 @@ def start_image_host() -> ImageHost:
 
     server = Server((HOST_IP, 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return ImageHost(server, routes, delays, holding)
+    return ImageHost(server, routes, delays, holding, gated)
