@@ -71,12 +71,19 @@ def test_an_idle_kept_alive_connection_is_closed(api: str) -> None:
 
 
 def test_connections_beyond_the_limit_get_503_and_livez_stays_quick(api: str) -> None:
-    with ExitStack() as stack:
-        for _ in range(LIMIT):
-            stack.enter_context(connect(api)).sendall(HALF_A_HEADER)
-        time.sleep(0.05)
-        reply = httpx.get(f"{api}/livez", timeout=10)
-        assert reply.status_code == 503
+    for _ in range(3):
+        with ExitStack() as stack:
+            began = time.monotonic()
+            for _ in range(LIMIT):
+                stack.enter_context(connect(api)).sendall(HALF_A_HEADER)
+            time.sleep(0.05)
+            reply = httpx.get(f"{api}/livez", timeout=10)
+            took = time.monotonic() - began
+        # Only a probe answered within the header timeout says anything: past it, the server has
+        # rightly dropped the half-sent connections (a stalled, loaded machine), so try again.
+        if reply.status_code == 503 or took < HEADER_TIMEOUT_S:
+            break
+    assert reply.status_code == 503
     # Their headers never came: the server dropped them, and serves again.
     time.sleep(HEADER_TIMEOUT_S + 0.3)
 
