@@ -14,9 +14,12 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import BaseRoute
+from litestar.types import ControllerRouterHandler
 
 from api.auth import require_api_key
 from api.batches.routes import BatchesController
@@ -40,6 +43,22 @@ async def _warm_template_renderer(app: Litestar) -> AsyncIterator[None]:
     yield
 
 
+class _DocsRouter(Router):
+    """The router of /docs, /redoc and /openapi.json (the seeds' paths, hence at "/").
+
+    Litestar adds a GET "/{path:str}" handler to the docs router that answers every other path one
+    segment under it with an HTML "404 Not found" page, and so turns any other method there into a
+    405. At "/" that would be every unknown top-level path (`GET /nope`: an HTML page; `POST /nope`:
+    405); without it they raise the router's NotFoundException like any other unknown path, which
+    the error handler answers with a 404 in OpenAI's error shape.
+    """
+
+    def register(self, value: ControllerRouterHandler) -> list[BaseRoute]:
+        if isinstance(value, HTTPRouteHandler) and "/{path:str}" in value.paths:
+            return []
+        return super().register(value)
+
+
 def _openapi(settings: Settings) -> OpenAPIConfig:
     guards = [require_api_key] if settings.auth_enabled else []
     return OpenAPIConfig(
@@ -53,7 +72,7 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
             RedocRenderPlugin(path="/redoc"),
             JsonRenderPlugin(path="/openapi.json"),
         ],
-        openapi_router=Router(path="/", guards=guards, route_handlers=[], include_in_schema=False),
+        openapi_router=_DocsRouter(path="/", guards=guards, route_handlers=[], include_in_schema=False),
         components=Components(security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer")}),
         security=[{"BearerAuth": []}] if settings.auth_enabled else None,
     )

@@ -92,6 +92,27 @@ async def test_min_tokens_above_max_tokens(client: Client, no_new_jobs: None) ->
     assert_openai_error(r, 400, param="min_tokens")
 
 
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+@pytest.mark.parametrize("path", ["/nope", "/v1/nope", "/v1/completions", "/v1/embeddings", "/docs/x/y"])
+async def test_an_unknown_path_is_a_json_404(client: Client, no_new_jobs: None, method: str, path: str) -> None:
+    # Not Litestar's HTML page for paths one segment under its docs router (at "/"), nor a 405.
+    r = await client.request(method, path, json={"messages": GOOD})
+    assert r.headers["content-type"].startswith("application/json")
+    assert_openai_error(r, 404)
+
+
+async def test_the_docs_pages_still_answer(client: Client) -> None:
+    for path, kind in (("/docs", "text/html"), ("/redoc", "text/html"), ("/openapi.json", "application/vnd.oai.openapi+json")):
+        r = await client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind), (path, r.status_code)
+
+
+async def test_an_unknown_path_is_a_404_with_or_without_the_key(strict_client: Client, no_new_jobs: None) -> None:
+    # The docs router's guard no longer sees every one-segment path: a 404 is a 404.
+    for headers in ({}, auth()):
+        assert_openai_error(await strict_client.get("/nope", headers=headers), 404)
+
+
 async def test_wrong_model_name_is_404(client: Client, no_new_jobs: None) -> None:
     r = await client.post("/v1/chat/completions", json={"messages": GOOD, "model": "gpt-4o"})
     assert assert_openai_error(r, 404, param="model")["code"] == "model_not_found"
