@@ -20,6 +20,7 @@ import msgspec
 
 from omega_vlm.preflight import PreflightError, adopt_listener, bind_listener, check_model_path
 from omega_vlm.supervisor import Child, Supervisor, child_env, python_argv
+from shared.exit_codes import EXIT_USAGE
 from shared.logs import configure_logging
 from shared.settings import Settings
 from shared.settings_sources import SettingsError, build_parser, load_settings, settings_to_env
@@ -216,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args)
     except SettingsError as exc:
         print(f"omega-vlm: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from workers.runtime_env import TransformersInstallError
 
     try:
@@ -226,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(settings, args)
     except (PreflightError, TransformersInstallError) as exc:  # a plain line, not a traceback
         print(f"omega-vlm: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     configure_logging(settings, args.command)
     try:
         if args.command == "make-demo-model":
@@ -238,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
     except (SettingsError, RuntimeError) as exc:
         print(f"omega-vlm: {exc}", file=sys.stderr)
-        return 2
-    return 2
+        return EXIT_USAGE
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from shared.load_failures import EXIT_START_FAILED
+from shared.exit_codes import EXIT_START_FAILED
 
 log = logging.getLogger("omega.up")
 

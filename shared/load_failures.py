@@ -16,10 +16,6 @@ from redis.asyncio import Redis as AsyncRedis
 
 from shared.keys import PREFIX
 
-# How a worker process that could not load the model exits: the supervisor gives up after
-# WORKER_MAX_RESTARTS of these in a row (a crash of a running worker exits otherwise).
-EXIT_START_FAILED = 3
-
 LOAD_FAILURES = f"{PREFIX}:load_failures"  # hash: worker id -> LoadFailure (msgpack)
 # Failures older than this are forgotten (hosts come and go; their entries must not linger).
 MEMORY_S = 86400

@@ -31,3 +31,20 @@ def test_deployment_yaml_parses() -> None:
     for path in files:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
         assert docs, path
+
+
+def test_the_exit_code_tables_match_the_codes() -> None:
+    """README's table and shared/exit_codes.py's own list the same codes, which are the module's."""
+    import re
+
+    from shared import exit_codes
+
+    codes = {v for k, v in vars(exit_codes).items() if k.startswith("EXIT_")}
+
+    def table(text: str) -> set[int]:
+        start = text.index("| code | meaning |")
+        rows = re.findall(r"^\| (\d+) \|", text[start : text.index("\n\n", start)], re.M)
+        return {int(code) for code in rows}
+
+    assert table(README) == codes
+    assert table(exit_codes.__doc__ or "") == codes

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from shared import keys, load_failures
 from shared.blobstore import create_blob_store
+from shared.exit_codes import EXIT_DRAIN_OVERDUE, EXIT_START_FAILED
 from shared.fleet import WorkerInfo
 from shared.logs import StartupHeartbeat, configure_logging, progress
 from shared.queue.continuous import FEED_SOCKET_TIMEOUT_S
@@ -74,7 +75,6 @@ def redis_client(settings: Settings, socket_timeout: float | None = None) -> Red
 # A stopping worker's own deadline comes this long after WORKER_STOP_GRACE_S, so that a supervisor
 # (`up`, Kubernetes) that is there kills it first, as it always did.
 DRAIN_OVERRUN_S = 10.0
-EXIT_DRAIN_OVERDUE = 4  # (3 is EXIT_START_FAILED)
 
 
 def bound_the_drain(seconds: float) -> None:
@@ -146,7 +146,7 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
         member.update(state="failed", error=reason)
         member.stop()
         _record_failure(redis, worker_id, reason)
-        return load_failures.EXIT_START_FAILED
+        return EXIT_START_FAILED
     progress(f"{tag} Ready.")
     if loaded.card.demo:
         log.warning("serving the generated DEMO model: random weights, its output is meaningless")

@@ -17,6 +17,7 @@ from omega_vlm.caption.client import CaptionClient, Options, TransientError
 from omega_vlm.caption.output import Format, OutputBusy, RowWriter, lock_output, read_progress, repair_torn_tail
 from omega_vlm.caption.reach import ServerUnreachable, check_server
 from omega_vlm.caption.sources import ImageSource, collect
+from shared.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 DEFAULT_PROMPT = "Describe this image in one detailed sentence."
 
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         lock = lock_output(args.out)
     except (FileNotFoundError, UnicodeDecodeError, ServerUnreachable, OutputBusy) as exc:
         print(f"omega-vlm caption: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         return _run_locked(args, sources)
     finally:
@@ -194,5 +195,5 @@ def _run_locked(args: argparse.Namespace, sources: list[ImageSource]) -> int:
         flush=True,
     )
     if interrupted:
-        return 130
-    return 1 if tally.failed else 0
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if tally.failed else EXIT_OK

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from omega_vlm.preflight import PreflightError, bind_listener, check_model_path
-from shared.load_failures import EXIT_START_FAILED
+from shared.exit_codes import EXIT_START_FAILED
 from shared.settings_sources import load_settings
 from tests.support.procs import ROOT, free_port
 
