@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.load_failures import EXIT_START_FAILED
+from shared.exit_codes import EXIT_START_FAILED
 from tests.support.model_folders import lay_out_hub_cache
 from tests.support.procs import ServiceProcess, service_env, wait_for
 from tests.support.stack import Stack, StackFactory
