@@ -386,11 +386,15 @@ def run(quick: bool) -> str:
         host.stop()
 
     # 6. the worker's engine against plain transformers `generate`, in-process, same model.
-    # Quick mode (a smoke run, `make test`) runs the same code on shorter rows, once.
-    tokens, runs = ("8", "1") if quick else (str(NEW_TOKENS), "3")
-    engine_args = ["--tiny", "--device", "cpu", "--tokens", tokens, "--batches", "1,8", "--runs", runs]
+    # Quick mode (a smoke run, `make test`) runs the same code on shorter rows, once, through
+    # every path of the GPU benchmark's script (batch 32, the bandwidth floor; a smaller static
+    # cache for the CPU's sake): `make test` runs the script only here.
+    engine_args = ["--tiny", "--device", "cpu"]
     if quick:
-        engine_args += ["--max-model-length", "1024"]  # a smaller static cache: the smoke run's CPU
+        engine_args += ["--tokens", "4", "--batches", "1,2,32", "--runs", "1", "--bandwidth-tbs", "1"]
+        engine_args += ["--max-model-length", "1024"]
+    else:
+        engine_args += ["--tokens", str(NEW_TOKENS), "--batches", "1,8", "--runs", "3"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "engine.md"
         subprocess.run(
