@@ -103,18 +103,30 @@ def strict_api(stack: Stack) -> str:
 # test file is one unit of work, so its module fixtures (a make-run service, a worker fleet) start once,
 # on one worker. Units are handed out in collection order, so the longest files are put first:
 # otherwise a 100-second file picked up last would run alone at the end.
-LONGEST_FIRST = (
+LONGEST_FIRST = (  # by wall time in a serial run (2026-12-02), longest first
     "tests/test_benchmarks.py",
-    "tests/e2e/test_attacks_against_make_run.py",
     "tests/e2e/test_faults.py",
-    "tests/e2e/test_fleet_ops.py",
-    "tests/test_continuous_core_benchmark.py",
+    "tests/e2e/test_attacks_against_make_run.py",
+    "tests/workers/continuous/test_worker.py",
+    "tests/workers/test_model_source.py",
+    "tests/workers/test_streaming.py",
     "tests/e2e/test_startup_failure.py",
     "tests/e2e/test_make_run.py",
-    "tests/e2e/test_make_run_model_path.py",
     "tests/e2e/test_model_loading.py",
+    "tests/e2e/test_make_run_model_path.py",
+    "tests/e2e/test_drain_deadline.py",
+    "tests/e2e/test_sentinel_failover.py",
+    "tests/e2e/test_orphan_work.py",
+    "tests/e2e/test_fleet_ops.py",
+    "tests/omega_vlm/test_preflight.py",
+    "tests/e2e/test_jobs_api.py",
+    "tests/e2e/test_caption.py",
+    "tests/shared/test_redis_connect.py",
+    "tests/models/test_family_matrix.py",
+    "tests/omega_vlm/test_caption_guards.py",
+    "tests/test_continuous_core_benchmark.py",
+    "tests/e2e/test_batches.py",
     "tests/e2e/test_model_families.py",
-    "tests/workers/test_model_source.py",
 )
 
 
