@@ -45,7 +45,7 @@ XDIST_ARGS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfi
 # The linters run beside the tests (mypy keeps one core busy for ~20 s while pytest starts its
 # workers); their output is printed after the tests', and either failing fails `make test`.
 test: setup
-	@mkdir -p .omega; rm -f .omega/lint.log
+	@mkdir -p .omega; rm -f .omega/lint.log .omega/lint.rc
 	@( $(MAKE) --no-print-directory lint > .omega/lint.log 2>&1; echo $$? > .omega/lint.rc ) & lint=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider $(XDIST_ARGS) $(PYTEST_ARGS); tests=$$?; \
 	wait $$lint; cat .omega/lint.log; lint_rc=$$(cat .omega/lint.rc); \
