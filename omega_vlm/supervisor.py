@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from shared.exit_codes import EXIT_START_FAILED
+from shared.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_START_FAILED
 
 log = logging.getLogger("omega.up")
 
@@ -61,7 +61,7 @@ class Supervisor:
         self.grace_s = grace_s
         self.max_restarts = max_restarts  # None: restart forever
         self.stopping = threading.Event()
-        self.exit_code = 0
+        self.exit_code = EXIT_OK
 
     def start(self, child: Child) -> None:
         child.process = subprocess.Popen(
@@ -90,7 +90,7 @@ class Supervisor:
         child.process = None
         if child.essential or not child.restart:
             log.error("%s exited with code %s; stopping everything", child.name, code)
-            self.exit_code = code or 1
+            self.exit_code = code or EXIT_FAILED
             self.stopping.set()
             return
         child.failures += 1
@@ -126,7 +126,7 @@ class Supervisor:
                     self._check(child)
                 if all(c.given_up for c in self.children):  # a worker-only supervisor with nothing left
                     log.error("every process was given up; stopping")
-                    self.exit_code = 1
+                    self.exit_code = EXIT_FAILED
                     break
                 if on_tick is not None:
                     on_tick()
