@@ -77,13 +77,6 @@ def _worker_children(settings: Settings) -> list[Child]:
     return children
 
 
-def _ensure_demo(settings: Settings) -> None:
-    if settings.uses_demo_model:
-        from workers.demo_model import ensure_demo_model
-
-        ensure_demo_model(settings.demo_model_dir)
-
-
 def _say(settings: Settings, line: str) -> None:
     """The seeds' bare "[server] …" lines on stdout; a JSON log record with LOG_FORMAT=json."""
     if settings.log_format == "json":
@@ -149,7 +142,9 @@ def _up_listening(settings: Settings, listener: socket.socket) -> int:
         children.append(Child(name="redis-server", argv=argv, essential=True, stop_stage=2))
         settings = msgspec.structs.replace(settings, redis_url=url)
         log.info("REDIS_URL does not answer: starting a private redis-server at %s", url)
-    _ensure_demo(settings)
+    # The demo model is built by the first worker that needs it (under a file lock, inside its
+    # "[startup]" progress), not here: a supervisor that imported torch to build it would hold
+    # hundreds of MB for nothing for its whole life.
     children += _worker_children(settings)
     fd = listener.fileno()
     api_argv = python_argv("api", "--listen-fd", str(fd))
@@ -188,7 +183,6 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         from workers.main import run_worker
 
         return run_worker(settings, torch.device(args.device), args.worker_index, args.cpu_threads)
-    _ensure_demo(settings)
     return _supervisor(_worker_children(settings), settings).run()
 
 
@@ -228,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PreflightError, TransformersInstallError) as exc:  # a plain line, not a traceback
         print(f"omega-vlm: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings, args.command)
+    configure_logging(settings, args.command, hub=args.command != "up")
     try:
         if args.command == "make-demo-model":
             return _demo_model(settings, args.out, args.force)

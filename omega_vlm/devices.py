@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import glob
+
 from shared.settings import Settings
 from shared.settings_sources import SettingsError, describe
 
+# A GPU a CUDA (or ROCm) build of torch can see has these device nodes (the NVIDIA container
+# toolkit and the device plugin put them into a pod): without any, there is no GPU to count, and the
+# supervisor need not import torch (~2 s of CPU before the first child starts, and ~300 MB held).
+GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd")
+
+
+def gpu_device_nodes() -> bool:
+    return any(glob.glob(pattern) for pattern in GPU_DEVICE_NODES)
+
 
 def visible_gpus() -> int:
+    if not gpu_device_nodes():
+        return 0
     try:
         import torch
     except ImportError:

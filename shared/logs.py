@@ -47,7 +47,9 @@ def _formatter(settings: Settings, process: str) -> logging.Formatter:
     return logging.Formatter(f"%(asctime)s %(levelname)s [{process}] %(name)s: %(message)s")
 
 
-def configure_logging(settings: Settings, process: str) -> None:
+def configure_logging(settings: Settings, process: str, hub: bool = True) -> None:
+    """`hub`: also set transformers' and the hub's verbosity, which imports transformers (~1 s of
+    CPU): not in a supervisor, which loads no model (its children configure their own)."""
     name = settings.effective_log_level
     level = logging.DEBUG if name in ("debug", "trace") else getattr(logging, name.upper())
     handler = logging.StreamHandler(sys.stderr)
@@ -63,7 +65,8 @@ def configure_logging(settings: Settings, process: str) -> None:
     for noisy in ("httpx", "httpcore", "botocore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if settings.debug else logging.WARNING)
     logging.getLogger("rq.worker").setLevel(logging.DEBUG if settings.debug else logging.WARNING)
-    _configure_hf(settings)
+    if hub:
+        _configure_hf(settings)
 
 
 def _bare_handler() -> logging.Handler:

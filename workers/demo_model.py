@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 DEMO_MARKER = "omega_demo_model.json"
@@ -200,8 +201,9 @@ def _complete(out_dir: Path) -> bool:
     return is_demo_model(out_dir) and (out_dir / "config.json").is_file()
 
 
-def ensure_demo_model(out_dir: Path) -> Path:
-    """Build the demo model unless a complete one is already there (one builder at a time)."""
+def ensure_demo_model(out_dir: Path, on_build: Callable[[], None] | None = None) -> Path:
+    """Build the demo model unless a complete one is already there (one builder at a time);
+    `on_build` is called when this call is the one that builds it."""
     import fcntl
 
     out_dir = Path(out_dir)
@@ -212,4 +214,6 @@ def ensure_demo_model(out_dir: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # several workers may start at once
         if _complete(out_dir):
             return out_dir
+        if on_build is not None:
+            on_build()
         return build_demo_model(out_dir)

@@ -132,9 +132,9 @@ def run_worker(settings: Settings, device: torch.device, index: int = 0, cpu_thr
 
     log.info("[server] transformers %s from %s", transformers.__version__, transformers.__file__)
     try:
-        if settings.uses_demo_model:
-            ensure_demo_model(settings.demo_model_dir)
         with StartupHeartbeat(settings.progress_logs and settings.log_format == "text"):  # dots are not JSON
+            if settings.uses_demo_model:  # built here, by the first worker to start (`up` does not)
+                ensure_demo_model(settings.demo_model_dir, lambda: progress(f"{tag} Generating the demo model…"))
             loaded = load_model(settings, device, lambda msg: progress(f"{tag} {msg}"))
             engine = Engine(loaded, settings, DeltaPublisher(redis))
             progress(f"{tag} Warmup…")

@@ -180,6 +180,25 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def test_the_supervisor_does_not_load_torch(make_run: tuple[str, subprocess.Popen[bytes], Path]) -> None:
+    """`up` only starts and watches processes: on a machine without GPU device nodes it never
+    imports torch (seconds of CPU before the first child starts, and hundreds of MB held), while
+    the worker it started has."""
+    _, proc, _ = make_run
+    tree = descendants(proc.pid)
+
+    def cmdline(pid: int) -> str:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+    def has_torch(pid: int) -> bool:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+    [supervisor] = [p for p in tree if "omega_vlm.cli up" in cmdline(p)]
+    [worker] = [p for p in tree if "omega_vlm.cli worker" in cmdline(p)]
+    assert has_torch(worker)
+    assert not has_torch(supervisor)
+
+
 def test_sigterm_stops_every_child(make_run: tuple[str, subprocess.Popen[bytes], Path]) -> None:
     url, proc, _ = make_run
     port = int(url.rsplit(":", 1)[1])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from types import SimpleNamespace
+
 import pytest
 
 from omega_vlm.devices import select_devices
@@ -31,3 +34,16 @@ def test_no_gpu_means_cpu_workers() -> None:
 def test_asking_for_more_than_visible_is_an_error(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError):
         pick(2, **env)
+
+
+def test_gpu_device_nodes_decide_whether_torch_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No /dev/nvidia<N> or /dev/kfd: no GPU, and torch is not asked (nor imported) to count none."""
+    from omega_vlm import devices
+
+    three = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: True, device_count=lambda: 3))
+    monkeypatch.setitem(sys.modules, "torch", three)  # what `import torch` in visible_gpus gets
+    monkeypatch.setattr(devices, "GPU_DEVICE_NODES", ("/nonexistent/nvidia[0-9]*", "/nonexistent/kfd"))
+    assert not devices.gpu_device_nodes()
+    assert devices.visible_gpus() == 0
+    monkeypatch.setattr(devices, "GPU_DEVICE_NODES", ("/nonexistent/kfd", "/dev/nul[l]"))  # one that exists
+    assert devices.visible_gpus() == 3
