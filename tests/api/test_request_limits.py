@@ -6,9 +6,7 @@ attacks against `make run` (tests/e2e/test_attacks_against_make_run.py) measure 
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,12 +15,13 @@ import pytest
 
 from api.http_limits import json_items
 from shared.settings_sources import load_settings
-from tests.support.api_thread import api_in_thread, livez_during
+from tests.support.api_thread import api_in_thread, livez_during, post_from_curl
 from tests.support.procs import RedisServer
 
 LIVEZ_BOUND_S = 1.0  # the goal is 0.1 s; the bound is generous for a busy shared CPU
 MILLION_EMPTY = b'{"messages":[' + b",".join([b'{"role":"user","content":""}'] * 1_000_000) + b"]}"
 HUGE_TEXT = "x" * 28_000_000
+JSON = "application/json"
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +48,8 @@ def error_of(response: Any, param: str | None, code: str) -> None:
 
 def test_a_million_empty_messages_never_reach_the_parser(client: httpx.Client) -> None:
     assert len(MILLION_EMPTY) > 27_000_000
-    headers = {"Content-Type": "application/json"}
     response, livez = livez_during(
-        str(client.base_url), lambda: client.post("/v1/apply_template", content=MILLION_EMPTY, headers=headers)
+        str(client.base_url), lambda: post_from_curl(f"{client.base_url}/v1/apply_template", MILLION_EMPTY, JSON)
     )
     print(f"/livez during 1M empty messages (27.7 MB): {livez}")
     error_of(response, None, "too_many_json_items")
@@ -72,9 +70,8 @@ def test_messages_and_parts_are_bounded(client: httpx.Client, content: list[Any]
 
 def test_a_28_mb_prompt_is_refused_before_enqueue(client: httpx.Client) -> None:
     body = msgspec.json.encode({"messages": [{"role": "user", "content": [{"type": "text", "text": HUGE_TEXT}]}]})
-    headers = {"Content-Type": "application/json"}
     response, livez = livez_during(
-        str(client.base_url), lambda: client.post("/v1/chat/completions", content=body, headers=headers)
+        str(client.base_url), lambda: post_from_curl(f"{client.base_url}/v1/chat/completions", body, JSON)
     )
     print(f"/livez during a 28 MB chat prompt: {livez}")
     error_of(response, "messages", "context_length_exceeded")
@@ -96,22 +93,17 @@ def test_the_item_count_is_an_upper_bound() -> None:
     assert json_items(MILLION_EMPTY) > 2_000_000
 
 
-def test_a_120_mb_first_line_of_an_upload_does_not_stall_the_loop(client: httpx.Client, tmp_path: Path) -> None:
+def test_a_120_mb_first_line_of_an_upload_does_not_stall_the_loop(client: httpx.Client) -> None:
     """The line is over a batch line's limit: it is not parsed to sniff the format (it becomes its
-    own line_too_large row when the batch runs), so the loop never waits behind a 120 MB parse.
-    curl sends it from its own process: building and sending 120 MB from this one would hold the
-    GIL that the server's thread needs, and the figures would be the client's (a run on a loaded
-    machine saw 1.06 s that way)."""
-    upload = tmp_path / "big.jsonl"
-    with upload.open("wb") as out:
-        out.write(b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"x":"')
-        out.write(b"y" * 120_000_000)
-        out.write(b'"}}\n{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":{"messages":[]}}\n')
-    curl = ["curl", "-sS", "-o", str(tmp_path / "reply.json"), "-w", "%{http_code}", "-F", "purpose=batch"]
-    curl += ["-F", f"file=@{upload};type=application/jsonl", f"{client.base_url}/v1/files"]
-    status, livez = livez_during(
-        str(client.base_url), lambda: subprocess.run(curl, capture_output=True, text=True, check=True).stdout
+    own line_too_large row when the batch runs), so the loop never waits behind a 120 MB parse."""
+    huge = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"x":"' + b"y" * 120_000_000 + b'"}}\n'
+    small = b'{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":{"messages":[]}}\n'
+    response, livez = livez_during(
+        str(client.base_url),
+        lambda: post_from_curl(f"{client.base_url}/v1/files", huge + small, "application/jsonl", upload_as="big.jsonl"),
     )
     print(f"/livez during a 120 MB first line: {livez}")
-    assert status in ("200", "413"), (tmp_path / "reply.json").read_text()[:300]
+    assert response.status_code in (200, 413), response.text[:300]
+    if response.status_code == 200:
+        assert response.json()["bytes"] == len(huge + small)
     assert livez.worst < LIVEZ_BOUND_S
