@@ -9,7 +9,6 @@ sha256. Workers decode; the API never does.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +42,9 @@ def decode_data_url(ref: ImageRef, max_bytes: int) -> bytes:
     if len(payload) // 4 * 3 > max_bytes + 2:
         raise PayloadTooLarge(f"the image is larger than MAX_IMAGE_BYTES={max_bytes}", param=ref.param)
     try:
-        return base64.b64decode(payload, validate=True)
+        # Strict: only the alphabet, padding only at the end (what b64decode(validate=True) checks
+        # with a regular expression first): half the CPU of that for a large image.
+        return binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest("the image data URL is not valid base64", param=ref.param, code="invalid_base64") from None
 

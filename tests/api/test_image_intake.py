@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import http.server
 import io
 import threading
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from api.intake.images import ImageIntake, ImageRef
+from api.intake.images import ImageIntake, ImageRef, decode_data_url
 from api.intake.remote_fetch import RemoteImageFetcher
 from shared.blob_local import LocalBlobStore
 from shared.errors import ServiceError
@@ -162,3 +164,20 @@ def test_a_failed_image_cancels_the_requests_other_fetches(tmp_path: Path) -> No
 
 def test_a_request_without_images_stores_none(tmp_path: Path) -> None:
     assert store(tmp_path, []) == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ["aGVsbG8gd29ybGQhIQ==", "", "QQ==", "QQ", "QQ===", "=QQ=", "QQ==QQ==", "QQ ==", "Q Q==", "QQ==\n", "\u00e9", "QUJD*", "QUJ"],
+)
+def test_data_url_base64_is_exactly_what_the_validating_decoder_accepts(payload: str) -> None:
+    """The strict C decoder the intake uses accepts and refuses what b64decode(validate=True) does."""
+    ref = ImageRef("data:image/png;base64," + payload, "messages")
+    try:
+        expected = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        with pytest.raises(ServiceError) as refused:
+            decode_data_url(ref, 10**6)
+        assert (refused.value.status_code, refused.value.code, refused.value.param) == (400, "invalid_base64", "messages")
+        return
+    assert decode_data_url(ref, 10**6) == expected
