@@ -15,7 +15,7 @@ import pytest
 
 from api.http_limits import json_items
 from shared.settings_sources import load_settings
-from tests.support.api_thread import api_in_thread, livez_during, post_from_curl
+from tests.support.api_thread import api_in_thread, curl_post, livez_during
 from tests.support.procs import RedisServer
 
 LIVEZ_BOUND_S = 1.0  # the goal is 0.1 s; the bound is generous for a busy shared CPU
@@ -48,9 +48,8 @@ def error_of(response: Any, param: str | None, code: str) -> None:
 
 def test_a_million_empty_messages_never_reach_the_parser(client: httpx.Client) -> None:
     assert len(MILLION_EMPTY) > 27_000_000
-    response, livez = livez_during(
-        str(client.base_url), lambda: post_from_curl(f"{client.base_url}/v1/apply_template", MILLION_EMPTY, JSON)
-    )
+    with curl_post(f"{client.base_url}/v1/apply_template", MILLION_EMPTY, JSON) as send:
+        response, livez = livez_during(str(client.base_url), send)
     print(f"/livez during 1M empty messages (27.7 MB): {livez}")
     error_of(response, None, "too_many_json_items")
     assert livez.worst < LIVEZ_BOUND_S
@@ -70,9 +69,8 @@ def test_messages_and_parts_are_bounded(client: httpx.Client, content: list[Any]
 
 def test_a_28_mb_prompt_is_refused_before_enqueue(client: httpx.Client) -> None:
     body = msgspec.json.encode({"messages": [{"role": "user", "content": [{"type": "text", "text": HUGE_TEXT}]}]})
-    response, livez = livez_during(
-        str(client.base_url), lambda: post_from_curl(f"{client.base_url}/v1/chat/completions", body, JSON)
-    )
+    with curl_post(f"{client.base_url}/v1/chat/completions", body, JSON) as send:
+        response, livez = livez_during(str(client.base_url), send)
     print(f"/livez during a 28 MB chat prompt: {livez}")
     error_of(response, "messages", "context_length_exceeded")
     assert livez.worst < LIVEZ_BOUND_S
@@ -98,12 +96,12 @@ def test_a_120_mb_first_line_of_an_upload_does_not_stall_the_loop(client: httpx.
     own line_too_large row when the batch runs), so the loop never waits behind a 120 MB parse."""
     huge = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"x":"' + b"y" * 120_000_000 + b'"}}\n'
     small = b'{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":{"messages":[]}}\n'
-    response, livez = livez_during(
-        str(client.base_url),
-        lambda: post_from_curl(f"{client.base_url}/v1/files", huge + small, "application/jsonl", upload_as="big.jsonl"),
-    )
+    upload = huge + small
+    del huge
+    with curl_post(f"{client.base_url}/v1/files", upload, "application/jsonl", upload_as="big.jsonl") as send:
+        response, livez = livez_during(str(client.base_url), send)
     print(f"/livez during a 120 MB first line: {livez}")
     assert response.status_code in (200, 413), response.text[:300]
     if response.status_code == 200:
-        assert response.json()["bytes"] == len(huge + small)
+        assert response.json()["bytes"] == len(upload)
     assert livez.worst < LIVEZ_BOUND_S
