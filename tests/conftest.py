@@ -145,8 +145,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The xdist controller starts the session's zygote before its workers (tests/support/zygote.py):
+    one for the whole run, its imports beside the workers' collection, instead of one per worker."""
+    is_controller = not hasattr(config, "workerinput") and config.getoption("numprocesses", None)
+    if is_controller and os.environ.get("TEST_ZYGOTE") == "1" and not config.option.collectonly:
+        from tests.support.procs import service_env
+        from tests.support.zygote import start_session_zygote
+
+        start_session_zygote(service_env({}))
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The zygote that forked this process's service processes (tests/support/zygote.py)."""
+    """This process's connection to the session's zygote; the zygote itself where this process
+    started it (tests/support/zygote.py)."""
     from tests.support.zygote import stop_shared_zygote
 
     stop_shared_zygote()

@@ -2,8 +2,10 @@
 
 Why: the suite starts a few dozen workers and APIs, and each one used to spend most of its start
 importing (torch, transformers, torchvision and, through it, torch._dynamo: about 7 s of CPU for a
-worker on a 2-core machine, 2.5 s for an API). A zygote, started once per pytest process, imports
-all of that once; a test's process is then a fork of it running the same entry point as
+worker on a 2-core machine, 2.5 s for an API). A zygote, started once per test session (by the
+xdist controller, before its workers start: tests/conftest.py; else by the first process that needs
+one) and reached by every test process over a Unix socket, imports all of that once; a test's
+process is then a fork of it running the same entry point as
 `python -m omega_vlm.cli ...` (`omega_vlm.cli.main`), with its own environment, working folder
 and log file. It is a real process of its own: tests signal it, kill it and read its exit code as
 before (`ForkedProcess` has the part of `subprocess.Popen`'s interface the tests use).
@@ -20,14 +22,17 @@ inherited half-initialised.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -90,8 +95,9 @@ Request = Spawn | Status
 
 
 class Hello(msgspec.Struct):
-    """The zygote's first line, once its imports are done."""
+    """The zygote's first line to each client, once its imports are done."""
 
+    import_time: dict[str, str]  # the import-time variables it imported with (_import_time_view)
     set_by_imports: dict[str, str]  # what the imports set in its environment
 
 
@@ -103,53 +109,79 @@ class Exited(msgspec.Struct):
     code: int | None  # None: still running (or not reaped yet)
 
 
-# --- the zygote (python -m tests.support.zygote) -----------------------------------------------
+# --- the zygote (python -m tests.support.zygote SOCKET) ------------------------------------------
 
 
-def _reply(message: Hello | Spawned | Exited) -> None:
-    os.write(1, msgspec.json.encode(message) + b"\n")
-
-
-def _requests() -> Iterator[Request | None]:
-    """Requests from stdin, read with os.read so no buffered bytes are inherited by a child; None
-    every 0.2 s without one (a tick to reap children on)."""
-    pending = b""
+def _reap(ended: dict[int, int]) -> None:
+    """Reap every child that has ended, and keep its exit code."""
     while True:
-        readable, _, _ = select.select([0], [], [], 0.2)
-        if not readable:
-            yield None
-            continue
-        chunk = os.read(0, 65536)
-        if not chunk:
-            return  # the test process is gone
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            yield msgspec.json.decode(line, type=Request)  # type: ignore[arg-type]
-
-
-def _serve() -> Spawn | None:
-    """Answer spawn/status requests; in a forked child, return its request instead."""
-    ended: dict[int, int] = {}
-    for request in _requests():
-        while True:  # reap every child that has ended, and keep its exit code
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            ended[pid] = os.waitstatus_to_exitcode(status)
-        if request is None:
-            continue
-        if isinstance(request, Status):
-            _reply(Exited(ended.get(request.pid)))
-            continue
-        pid = os.fork()
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
         if pid == 0:
-            return request
-        _reply(Spawned(pid))
-    return None
+            return
+        ended[pid] = os.waitstatus_to_exitcode(status)
+
+
+class _Client:
+    """One test process's connection: requests are JSON lines, each answered on the same socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending = b""
+
+    def requests(self) -> list[Request] | None:
+        """The complete requests that have arrived; None once the client has gone."""
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return None
+        self.pending += chunk
+        lines = self.pending.split(b"\n")
+        self.pending = lines.pop()
+        return [msgspec.json.decode(line, type=Request) for line in lines]  # type: ignore[arg-type]
+
+    def reply(self, message: Hello | Spawned | Exited) -> None:
+        self.sock.sendall(msgspec.json.encode(message) + b"\n")
+
+
+def _serve(listener: socket.socket, hello: Hello) -> Spawn | None:
+    """Answer spawn/status requests from every client until stdin (the owner's pipe) closes; in a
+    forked child, return its request instead."""
+    ended: dict[int, int] = {}
+    clients: dict[socket.socket, _Client] = {}
+    while True:
+        readable, _, _ = select.select([0, listener, *clients], [], [], 0.2)  # a tick to reap on
+        _reap(ended)
+        for ready in readable:
+            if ready == 0:
+                if not os.read(0, 4096):
+                    return None  # the owner is gone: the session is over
+            elif ready is listener:
+                client = _Client(listener.accept()[0])
+                client.reply(hello)
+                clients[client.sock] = client
+            else:
+                client = clients[ready]
+                try:
+                    requests = client.requests()
+                except ConnectionError:
+                    requests = None
+                if requests is None:
+                    del clients[ready]
+                    ready.close()
+                    continue
+                for request in requests:
+                    if isinstance(request, Status):
+                        client.reply(Exited(ended.get(request.pid)))
+                        continue
+                    pid = os.fork()
+                    if pid == 0:  # the child keeps none of the zygote's connections
+                        listener.close()
+                        for sock in clients:
+                            sock.close()
+                        return request
+                    client.reply(Spawned(pid))
 
 
 def _become(request: Spawn) -> None:
@@ -172,13 +204,17 @@ def _become(request: Spawn) -> None:
 def main() -> None:
     import importlib
 
+    # Listening before the imports: clients that connect meanwhile wait for the hello line.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sys.argv[1])
+    listener.listen(64)
     before = dict(os.environ)
     for name in PRELOAD:
         importlib.import_module(name)
     # What the imports set for themselves (torch: TORCHINDUCTOR_CACHE_DIR): a test process that has
     # imported them too passes these on, and they change nothing.
-    _reply(Hello({k: v for k, v in os.environ.items() if before.get(k) != v}))
-    request = _serve()
+    set_by_imports = {k: v for k, v in os.environ.items() if before.get(k) != v}
+    request = _serve(listener, Hello(_import_time_view(before), set_by_imports))
     if request is None:
         return
     _become(request)
@@ -228,48 +264,42 @@ class ForkedProcess:
 
 
 class Zygote:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
+    """A connection to the session's zygote (one per test process; requests are serialised)."""
+
+    def __init__(self, path: str) -> None:
         self._lock = threading.Lock()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.zygote"],
-            env=self.env,
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self._set_by_imports: dict[str, str] | None = None
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.connect(path)
+        self._file = self._sock.makefile("rb")
+        self._hello: Hello | None = None
 
     def eligible(self, env: Mapping[str, str]) -> bool:
         """A fresh interpreter with `env` would import with what the zygote imported with."""
-        mine, theirs = _import_time_view(self.env), _import_time_view(env)
-        neutral = self._hello()
+        hello = self._wait_hello()
+        mine, theirs, neutral = hello.import_time, _import_time_view(env), hello.set_by_imports
         return all(
             mine.get(k) == theirs.get(k) or (k not in mine and neutral.get(k) == theirs.get(k))
             for k in mine.keys() | theirs.keys()
         )
 
-    def _hello(self) -> dict[str, str]:
-        """Wait for the zygote's imports; what they set in its environment."""
-        with self._lock:
-            if self._set_by_imports is None:
-                assert self._process.stdout is not None
-                hello = self._process.stdout.readline()
-                if not hello:
-                    raise RuntimeError("the test zygote exited before it was ready")
-                self._set_by_imports = msgspec.json.decode(hello, type=Hello).set_by_imports
-            return self._set_by_imports
-
-    def _call(self, message: Request) -> bytes:
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self._hello()
-        with self._lock:
-            self._process.stdin.write(msgspec.json.encode(message) + b"\n")
-            self._process.stdin.flush()
-            line = self._process.stdout.readline()
+    def _line(self) -> bytes:
+        line = self._file.readline()
         if not line:
             raise RuntimeError("the test zygote exited")
         return line
+
+    def _wait_hello(self) -> Hello:
+        """Wait for the zygote's imports (its first line)."""
+        with self._lock:
+            if self._hello is None:
+                self._hello = msgspec.json.decode(self._line(), type=Hello)
+            return self._hello
+
+    def _call(self, message: Request) -> bytes:
+        self._wait_hello()
+        with self._lock:
+            self._sock.sendall(msgspec.json.encode(message) + b"\n")
+            return self._line()
 
     def spawn(self, args: list[str], env: Mapping[str, str], log_path: Path, cwd: Path = ROOT) -> ForkedProcess:
         spawned = msgspec.json.decode(self._call(Spawn(args, dict(env), str(log_path), str(cwd))), type=Spawned)
@@ -279,6 +309,26 @@ class Zygote:
         return msgspec.json.decode(self._call(Status(pid)), type=Exited).code
 
     def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
+class OwnedZygote:
+    """The zygote process itself, for the process that owns the session's (it ends when its stdin,
+    held here, closes: when this process stops it or exits)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.path = str(Path(tempfile.mkdtemp(prefix="omega-zygote-")) / "sock")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.zygote", self.path], env=dict(env), cwd=ROOT, stdin=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.path):  # bound at once, before the imports
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the test zygote did not start")
+            time.sleep(0.01)
+
+    def close(self) -> None:
         if self._process.stdin is not None:
             self._process.stdin.close()
         try:
@@ -286,31 +336,53 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+            os.rmdir(os.path.dirname(self.path))
 
 
+SOCKET_VARIABLE = "TEST_ZYGOTE_SOCKET"  # where the session's zygote listens (set by its owner)
+_owned: OwnedZygote | None = None
 _zygote: Zygote | None = None
 _zygote_lock = threading.Lock()
 
 
+def start_session_zygote(env: Mapping[str, str]) -> None:
+    """Start the session's zygote and tell every process started from now on where it is (the xdist
+    controller calls this before it starts its workers, so its imports overlap their collection)."""
+    global _owned
+    with _zygote_lock:
+        if _owned is None and SOCKET_VARIABLE not in os.environ:
+            _owned = OwnedZygote(env)
+            os.environ[SOCKET_VARIABLE] = _owned.path
+
+
 def shared_zygote(env: Mapping[str, str]) -> Zygote | None:
-    """This process's zygote (started on first use) where TEST_ZYGOTE=1: the test session sets it
-    (tests/conftest.py), so the quick benchmark run inside `make test` forks too; `make bench`
-    itself execs every process, as a deployment does. TEST_ZYGOTE=0 make test turns it off."""
+    """This process's connection to the session's zygote where TEST_ZYGOTE=1 (the test session sets
+    it: tests/conftest.py, so the quick benchmark run inside `make test` forks from it too; `make
+    bench` itself execs every process, as a deployment does); a process that finds none starts it,
+    with `env`. TEST_ZYGOTE=0 make test turns it off."""
     global _zygote
     if os.environ.get("TEST_ZYGOTE") != "1":
         return None
+    start_session_zygote(env)
     with _zygote_lock:
         if _zygote is None:
-            _zygote = Zygote(env)
+            _zygote = Zygote(os.environ[SOCKET_VARIABLE])
         return _zygote
 
 
 def stop_shared_zygote() -> None:
-    global _zygote
+    """Close this process's connection, and stop the zygote where this process owns it."""
+    global _owned, _zygote
     with _zygote_lock:
         if _zygote is not None:
             _zygote.close()
             _zygote = None
+        if _owned is not None:
+            _owned.close()
+            _owned = None
+            os.environ.pop(SOCKET_VARIABLE, None)
 
 
 if __name__ == "__main__":
