@@ -4,6 +4,8 @@ a local image host (the only thing outside the system), and running service stac
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,10 +147,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)
 
 
+SESSION_TMP = "OMEGA_TEST_SESSION_TMP"  # the run's own temporary folder (set by the controller)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """The xdist controller starts the session's zygote before its workers (tests/support/zygote.py):
+    """The controller (the xdist controller, or the one process of a run without xdist) gives the
+    run a temporary folder of its own, through TMPDIR, so that everything the suite and the services
+    it starts put in temporary folders (data folders, Redis files, a `make run` with its demo model:
+    ~270 MB a run) is one folder, removed when the run passes (kept for a look when it fails). The
+    xdist controller also starts the session's zygote before its workers (tests/support/zygote.py):
     one for the whole run, its imports beside the workers' collection, instead of one per worker."""
-    is_controller = not hasattr(config, "workerinput") and config.getoption("numprocesses", None)
+    if hasattr(config, "workerinput"):
+        return
+    if SESSION_TMP not in os.environ:
+        session_tmp = tempfile.mkdtemp(prefix="omega-tests-")
+        os.environ[SESSION_TMP] = os.environ["TMPDIR"] = session_tmp
+        tempfile.tempdir = session_tmp
+    is_controller = config.getoption("numprocesses", None)
     if is_controller and os.environ.get("TEST_ZYGOTE") == "1" and not config.option.collectonly:
         from tests.support.procs import service_env
         from tests.support.zygote import start_session_zygote
@@ -156,9 +171,15 @@ def pytest_configure(config: pytest.Config) -> None:
         start_session_zygote(service_env({}))
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """This process's connection to the session's zygote; the zygote itself where this process
-    started it (tests/support/zygote.py)."""
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """This process's connection to the session's zygote, the zygote itself where this process
+    started it (tests/support/zygote.py), and the run's temporary folder where this process made it."""
     from tests.support.zygote import stop_shared_zygote
 
     stop_shared_zygote()
+    if not hasattr(session.config, "workerinput") and SESSION_TMP in os.environ:
+        session_tmp = os.environ[SESSION_TMP]
+        if exitstatus == 0:
+            shutil.rmtree(session_tmp, ignore_errors=True)
+        else:
+            print(f"\nthe run's temporary files are kept in {session_tmp}")
