@@ -73,7 +73,9 @@ def _worker_children(settings: Settings) -> list[Child]:
         args = ["worker", "--device", device, "--worker-index", str(index)]
         if device == "cpu":
             args += ["--cpu-threads", str(threads)]
-        children.append(Child(name=f"worker {device}#{index}", argv=python_argv(*args), stop_stage=1))
+        fork_args = args if device == "cpu" else None  # GPU workers are exec'd (worker_template.py)
+        name = f"worker {device}#{index}"
+        children.append(Child(name=name, argv=python_argv(*args), stop_stage=1, fork_args=fork_args))
     return children
 
 

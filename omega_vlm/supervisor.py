@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from omega_vlm.worker_template import ForkedWorker, Template, TemplateGone
 from shared.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_START_FAILED
 
 log = logging.getLogger("omega.up")
@@ -43,7 +44,8 @@ class Child:
     essential: bool = False  # when it exits, everything stops (the API, the private Redis)
     restart: bool = True
     stop_stage: int = 1  # stopped in ascending stages: 0 the API, 1 workers, 2 the private Redis
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedWorker | None = None
+    fork_args: list[str] | None = None  # a CPU worker: forked from the worker template with these
     pass_fds: tuple[int, ...] = ()  # inherited descriptors (the API's listening socket)
     failures: int = 0  # exits in a row, for the backoff
     failed_starts: int = 0  # EXIT_START_FAILED exits in a row, for giving up
@@ -62,13 +64,32 @@ class Supervisor:
         self.max_restarts = max_restarts  # None: restart forever
         self.stopping = threading.Event()
         self.exit_code = EXIT_OK
+        self.template: Template | None = None  # started with the first CPU worker (worker_template.py)
+        self.template_failed = False
 
     def start(self, child: Child) -> None:
-        child.process = subprocess.Popen(
+        child.process = self._fork(child) or subprocess.Popen(
             child.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent, pass_fds=child.pass_fds
         )
         child.started_at = time.monotonic()
-        log.info("started %s (pid %d)", child.name, child.process.pid)
+        how = "forked" if isinstance(child.process, ForkedWorker) else "started"
+        log.info("%s %s (pid %d)", how, child.name, child.process.pid)
+
+    def _fork(self, child: Child) -> ForkedWorker | None:
+        """The child forked from the worker template where it is one to fork and the template runs
+        (started here on first use, again if it died); None: exec it."""
+        if child.fork_args is None or self.template_failed:
+            return None
+        try:
+            if self.template is None or not self.template.alive():
+                self.template = Template(self.env)
+            return self.template.start(child.fork_args)
+        except (TemplateGone, OSError) as exc:
+            # Its imports failed (the exec'd worker will report why) or it died just now.
+            log.warning("the worker template is not available (%s): workers are exec'd", exc)
+            self.template_failed = self.template is None or not self.template.alive()
+            self.template = None
+            return None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -150,6 +171,9 @@ class Supervisor:
                     log.warning("%s did not stop within %.0f s; killing it", child.name, self.grace_s)
                     child.process.kill()
                     child.process.wait()
+        if self.template is not None:  # after its workers: they are its children
+            self.template.close()
+            self.template = None
 
 
 def python_argv(*args: str) -> list[str]:
