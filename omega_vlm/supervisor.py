@@ -80,14 +80,19 @@ class Supervisor:
         (started here on first use, again if it died); None: exec it."""
         if child.fork_args is None or self.template_failed:
             return None
-        try:
-            if self.template is None or not self.template.alive():
+        if self.template is None or not self.template.alive():
+            self.template = None
+            try:
                 self.template = Template(self.env)
+            except (TemplateGone, OSError) as exc:
+                # Its imports failed: the exec'd workers will fail the same way and say why.
+                log.warning("the worker template did not start (%s): CPU workers are exec'd", exc)
+                self.template_failed = True
+                return None
+        try:
             return self.template.start(child.fork_args)
-        except (TemplateGone, OSError) as exc:
-            # Its imports failed (the exec'd worker will report why) or it died just now.
-            log.warning("the worker template is not available (%s): workers are exec'd", exc)
-            self.template_failed = self.template is None or not self.template.alive()
+        except TemplateGone as exc:  # it died just now: this worker is exec'd, the next forked again
+            log.warning("the worker template has gone (%s): %s is exec'd", exc, child.name)
             self.template = None
             return None
 

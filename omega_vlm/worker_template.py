@@ -181,6 +181,7 @@ class Template:
     def __init__(self, env: Mapping[str, str], start_timeout_s: float = 300.0) -> None:
         self._lock = threading.Lock()
         replies, reply_fd = os.pipe()
+        self._replies = os.fdopen(replies, "rb")
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "omega_vlm.worker_template", str(reply_fd)],
@@ -190,9 +191,11 @@ class Template:
                 start_new_session=True,
                 preexec_fn=lambda: _prctl(PR_SET_PDEATHSIG, signal.SIGTERM),
             )
+        except OSError:
+            self._replies.close()
+            raise
         finally:
             os.close(reply_fd)
-        self._replies = os.fdopen(replies, "rb")
         msgspec.json.decode(self._line(start_timeout_s), type=Ready)
 
     def _line(self, timeout_s: float = 30.0) -> bytes:

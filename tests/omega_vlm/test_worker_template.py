@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from omega_vlm.supervisor import Child, Supervisor
 from omega_vlm.worker_template import ForkedWorker, Template
 from shared import keys
 from shared.exit_codes import EXIT_USAGE
-from tests.support.procs import RedisServer, ServiceProcess, service_env, wait_for
+from tests.support.procs import ROOT, RedisServer, ServiceProcess, service_env, wait_for
 
 pytestmark = pytest.mark.slow
 DB = 14  # the stack factory counts up from 0
@@ -122,3 +125,19 @@ def test_the_supervisor_forks_cpu_workers_from_one_template_and_replaces_a_dead_
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in (new_template, *new_workers)):
         time.sleep(0.1)
     assert not [p for p in (new_template, *new_workers) if Path(f"/proc/{p}").exists()]
+
+
+def test_a_template_that_cannot_import_leaves_workers_exec_d(tmp_path: Path) -> None:
+    """Broken imports (here a transformers that raises) stop the template, not the workers: they
+    are exec'd, and fail or run on their own."""
+    broken = tmp_path / "broken" / "transformers"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('a broken transformers install')\n")
+    env = service_env({"PYTHONPATH": f"{broken.parent}{os.pathsep}{ROOT}"})
+    child = Child(name="worker cpu#0", argv=[sys.executable, "-c", "raise SystemExit(7)"], fork_args=["--help"])
+    supervisor = Supervisor([child], env)
+    supervisor.start(child)
+    assert supervisor.template_failed and supervisor.template is None
+    assert isinstance(child.process, subprocess.Popen) and child.process.wait(60) == 7
+    supervisor.start(child)  # not tried again for every restart
+    assert isinstance(child.process, subprocess.Popen) and child.process.wait(60) == 7
