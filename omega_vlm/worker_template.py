@@ -54,6 +54,7 @@ PRELOAD = (
 
 class Start(msgspec.Struct, tag="start"):
     args: list[str]  # omega_vlm.cli's arguments
+    template: int = 0  # set in the forked child: the template's pid
 
 
 class Poll(msgspec.Struct, tag="poll"):
@@ -123,8 +124,10 @@ def _serve() -> Start | None:
         if isinstance(request, Poll):
             _send(Exited(ended.get(request.pid)))
         elif isinstance(request, Start):
+            template = os.getpid()
             pid = os.fork()
             if pid == 0:
+                request.template = template
                 return request
             _send(Started(pid))
     return None
@@ -134,6 +137,8 @@ def _become_worker(request: Start) -> int:
     """In the forked child: a session of its own, SIGTERM when the template dies, no stdin."""
     os.setsid()
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != request.template:  # it died before the line above: no SIGTERM will come
+        os._exit(EXIT_FAILED)
     os.close(_reply_fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
