@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import msgspec
 import setproctitle
@@ -109,18 +109,23 @@ def _requests() -> Iterator[Request | None]:
             yield msgspec.json.decode(line, type=Request)
 
 
+def reap(ended: dict[int, int]) -> None:
+    """Reap every child that has ended, and keep its exit code (as `Popen` reads it: -signum)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        ended[pid] = os.waitstatus_to_exitcode(status)
+
+
 def _serve() -> Start | None:
     """Fork a worker per Start and report exits; in a forked child, return its request."""
     ended: dict[int, int] = {}
     for request in _requests():
-        while True:  # reap every worker that has ended, and keep its exit code
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            ended[pid] = os.waitstatus_to_exitcode(status)
+        reap(ended)
         if isinstance(request, Poll):
             _send(Exited(ended.get(request.pid)))
         elif isinstance(request, Start):
@@ -244,27 +249,19 @@ class Template:
         self._replies.close()
 
 
-class ForkedWorker:
-    """A worker forked by the template, handled like a `subprocess.Popen` by the supervisor."""
+class ForkedChild:
+    """A process forked by another (a template, the tests' zygote), handled like a
+    `subprocess.Popen`: its parent reaps it and keeps its exit code, read through `exit_code`."""
 
-    def __init__(self, template: Template, pid: int, args: list[str]) -> None:
-        self.template = template
+    def __init__(self, pid: int, args: list[str], exit_code: Callable[[int], int | None]) -> None:
         self.pid = pid
         self.args = args
         self.returncode: int | None = None
+        self._exit_code = exit_code
 
     def poll(self) -> int | None:
-        if self.returncode is not None:
-            return self.returncode
-        try:
-            self.returncode = self.template.exit_code(self.pid)
-        except TemplateGone:
-            # The template died: the worker was told to stop (SIGTERM) and drains; once it has
-            # gone, its exit code is nobody's to read, so it counts as a crash.
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                self.returncode = EXIT_FAILED
+        if self.returncode is None:
+            self.returncode = self._exit_code(self.pid)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -278,7 +275,8 @@ class ForkedWorker:
 
     def send_signal(self, sig: int) -> None:
         # Not poll(): this runs in signal handlers (SIGUSR1 forwarding), which may interrupt a call
-        # to the template. An ended worker stays a zombie until the template's next reap (0.2 s).
+        # to the parent. An ended child stays a zombie until its parent's next reap (0.2 s), so a
+        # pid not yet read as ended is not someone else's.
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
@@ -288,6 +286,25 @@ class ForkedWorker:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+class ForkedWorker(ForkedChild):
+    """A worker forked by the template."""
+
+    def __init__(self, template: Template, pid: int, args: list[str]) -> None:
+        super().__init__(pid, args, template.exit_code)
+
+    def poll(self) -> int | None:
+        try:
+            return super().poll()
+        except TemplateGone:
+            # The template died: the worker was told to stop (SIGTERM) and drains; once it has
+            # gone, its exit code is nobody's to read, so it counts as a crash.
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self.returncode = EXIT_FAILED
+            return self.returncode
 
 
 if __name__ == "__main__":

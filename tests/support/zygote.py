@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
+
+from omega_vlm.worker_template import ForkedChild, reap
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,18 +113,6 @@ class Exited(msgspec.Struct):
 # --- the zygote (python -m tests.support.zygote SOCKET) ------------------------------------------
 
 
-def _reap(ended: dict[int, int]) -> None:
-    """Reap every child that has ended, and keep its exit code."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        ended[pid] = os.waitstatus_to_exitcode(status)
-
-
 class _Client:
     """One test process's connection: requests are JSON lines, each answered on the same socket."""
 
@@ -152,7 +141,7 @@ def _serve(listener: socket.socket, hello: Hello) -> Spawn | None:
     clients: dict[socket.socket, _Client] = {}
     while True:
         readable, _, _ = select.select([0, listener, *clients], [], [], 0.2)  # a tick to reap on
-        _reap(ended)
+        reap(ended)
         for ready in readable:
             if ready == 0:
                 if not os.read(0, 4096):
@@ -229,38 +218,11 @@ def main() -> None:
 # --- the test side ------------------------------------------------------------------------------
 
 
-class ForkedProcess:
+class ForkedProcess(ForkedChild):
     """A zygote's child, handled like a `subprocess.Popen` (the zygote reaps it and keeps its code)."""
 
     def __init__(self, zygote: Zygote, pid: int, args: list[str]) -> None:
-        self._zygote = zygote
-        self.pid = pid
-        self.args = args
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            self.returncode = self._zygote.status(self.pid)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0)
-            time.sleep(0.05)
-        assert self.returncode is not None
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:  # never signal a reaped pid: it may be someone else's by now
-            os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+        super().__init__(pid, args, zygote.status)
 
 
 class Zygote:
